@@ -1,0 +1,145 @@
+// pybind11 bindings: convert and check arrays, release the GIL, call the core.
+// The Python layer (python/normkit) owns the user-facing API and its error messages; the checks
+// here only guarantee that the core never sees a buffer of the wrong type or size.
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dispatch.hpp"
+#include "layer_norm.hpp"
+#include "threading.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+template <class T>
+void check_array(const py::array& a, const char* name, int64_t size, bool writeable) {
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + ": expected dtype " +
+                         std::string(py::str(py::dtype::of<T>())) + ", got " +
+                         std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  if (writeable && !a.writeable())
+    throw py::value_error(std::string(name) + ": expected a writeable array");
+  if (static_cast<int64_t>(a.size()) != size)
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(size) +
+                          " elements, got " + std::to_string(a.size()));
+}
+
+template <class T>
+const T* in(const py::array& a, const char* name, int64_t size) {
+  check_array<T>(a, name, size, false);
+  return static_cast<const T*>(a.data());
+}
+
+template <class T>
+const T* in_optional(const py::object& a, const char* name, int64_t size) {
+  if (a.is_none()) return nullptr;
+  return in<T>(py::cast<py::array>(a), name, size);
+}
+
+template <class T>
+T* out(py::array& a, const char* name, int64_t size) {
+  check_array<T>(a, name, size, true);
+  return static_cast<T*>(a.mutable_data());
+}
+
+template <class T>
+T* out_optional(const py::object& a, const char* name, int64_t size) {
+  if (a.is_none()) return nullptr;
+  py::array arr = py::cast<py::array>(a);
+  return out<T>(arr, name, size);
+}
+
+template <class T>
+void layer_norm_forward_t(const py::array& x, const py::object& gamma, const py::object& beta,
+                          double eps, py::array& y, py::array& mean, py::array& rstd,
+                          int64_t rows, int64_t cols) {
+  const T* x_p = in<T>(x, "x", rows * cols);
+  const T* gamma_p = in_optional<T>(gamma, "gamma", cols);
+  const T* beta_p = in_optional<T>(beta, "beta", cols);
+  T* y_p = out<T>(y, "y", rows * cols);
+  T* mean_p = out<T>(mean, "mean", rows);
+  T* rstd_p = out<T>(rstd, "rstd", rows);
+  py::gil_scoped_release release;
+  normkit::layer_norm_forward<T>(y_p, mean_p, rstd_p, x_p, gamma_p, beta_p, rows, cols, eps);
+}
+
+template <class T>
+void layer_norm_backward_t(const py::array& dy, const py::array& x, const py::array& mean,
+                           const py::array& rstd, const py::object& gamma, py::array& dx,
+                           const py::object& dgamma, const py::object& dbeta, int64_t rows,
+                           int64_t cols) {
+  const T* dy_p = in<T>(dy, "dy", rows * cols);
+  const T* x_p = in<T>(x, "x", rows * cols);
+  const T* mean_p = in<T>(mean, "mean", rows);
+  const T* rstd_p = in<T>(rstd, "rstd", rows);
+  const T* gamma_p = in_optional<T>(gamma, "gamma", cols);
+  T* dx_p = out<T>(dx, "dx", rows * cols);
+  T* dgamma_p = out_optional<T>(dgamma, "dgamma", cols);
+  T* dbeta_p = out_optional<T>(dbeta, "dbeta", cols);
+  py::gil_scoped_release release;
+  normkit::layer_norm_backward<T>(dx_p, dgamma_p, dbeta_p, dy_p, x_p, mean_p, rstd_p, gamma_p,
+                                  rows, cols);
+}
+
+bool is_float32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
+
+std::vector<std::string> available_isa_names() {
+  std::vector<std::string> names;
+  for (normkit::Isa isa : normkit::available_isas()) names.emplace_back(normkit::isa_name(isa));
+  return names;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "normkit's compiled core: SIMD + OpenMP normalization kernels";
+
+  // Choose the ISA now, so a bad NORMKIT_ISA fails the import with its message.
+  normkit::active_isa();
+
+  m.def(
+      "layer_norm_forward",
+      [](const py::array& x, const py::object& gamma, const py::object& beta, double eps,
+         py::array& y, py::array& mean, py::array& rstd, int64_t rows, int64_t cols) {
+        if (is_float32(x))
+          layer_norm_forward_t<float>(x, gamma, beta, eps, y, mean, rstd, rows, cols);
+        else
+          layer_norm_forward_t<double>(x, gamma, beta, eps, y, mean, rstd, rows, cols);
+      },
+      py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("eps"), py::arg("y"),
+      py::arg("mean"), py::arg("rstd"), py::arg("rows"), py::arg("cols"),
+      "LayerNorm forward over the last axis of a C-contiguous (rows, cols) array into y, mean, "
+      "rstd.");
+
+  m.def(
+      "layer_norm_backward",
+      [](const py::array& dy, const py::array& x, const py::array& mean, const py::array& rstd,
+         const py::object& gamma, py::array& dx, const py::object& dgamma,
+         const py::object& dbeta, int64_t rows, int64_t cols) {
+        if (is_float32(x))
+          layer_norm_backward_t<float>(dy, x, mean, rstd, gamma, dx, dgamma, dbeta, rows, cols);
+        else
+          layer_norm_backward_t<double>(dy, x, mean, rstd, gamma, dx, dgamma, dbeta, rows, cols);
+      },
+      py::arg("dy"), py::arg("x"), py::arg("mean"), py::arg("rstd"), py::arg("gamma"),
+      py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("rows"), py::arg("cols"),
+      "LayerNorm backward into dx (and dgamma, dbeta when gamma is given).");
+
+  m.def("get_num_threads", &normkit::get_num_threads);
+  m.def("set_num_threads", &normkit::set_num_threads, py::arg("n"));
+  m.def("openmp_enabled", &normkit::openmp_enabled);
+  m.def("active_isa", [] { return std::string(normkit::isa_name(normkit::active_isa())); });
+  m.def("available_isas", &available_isa_names);
+  m.def(
+      "set_isa", [](const std::string& name) { normkit::set_active_isa(normkit::parse_isa(name)); },
+      py::arg("name"), "Switch kernels to another available ISA (tests, benchmarks).");
+}

@@ -1,0 +1,56 @@
+#include "cpu_features.hpp"
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#define NORMKIT_X86 1
+#include <cpuid.h>
+#endif
+
+namespace normkit {
+namespace {
+
+#ifdef NORMKIT_X86
+// XGETBV(0) by opcode, so this file needs no -mxsave.
+unsigned long long read_xcr0() {
+  unsigned int eax = 0, edx = 0;
+  __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+  return (static_cast<unsigned long long>(edx) << 32) | eax;
+}
+
+CpuFeatures detect() {
+  CpuFeatures f;
+  unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return f;
+  const bool osxsave = (ecx >> 27) & 1u;
+  const bool avx = (ecx >> 28) & 1u;
+  const bool fma = (ecx >> 12) & 1u;
+  if (!osxsave || !avx) return f;
+
+  const unsigned long long xcr0 = read_xcr0();
+  const bool ymm_state = (xcr0 & 0x6u) == 0x6u;    // SSE + AVX state
+  const bool zmm_state = (xcr0 & 0xE6u) == 0xE6u;  // + opmask, ZMM_Hi256, Hi16_ZMM
+  if (!ymm_state) return f;
+
+  if (__get_cpuid_max(0, nullptr) < 7) return f;
+  __cpuid_count(7, 0, eax, ebx, ecx, edx);
+  const bool avx2 = (ebx >> 5) & 1u;
+  const bool avx512f = (ebx >> 16) & 1u;
+  const bool avx512dq = (ebx >> 17) & 1u;
+  const bool avx512bw = (ebx >> 30) & 1u;
+  const bool avx512vl = (ebx >> 31) & 1u;
+
+  f.avx2_fma = avx2 && fma;
+  f.avx512 = f.avx2_fma && zmm_state && avx512f && avx512dq && avx512bw && avx512vl;
+  return f;
+}
+#else
+CpuFeatures detect() { return {}; }
+#endif
+
+}  // namespace
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures features = detect();
+  return features;
+}
+
+}  // namespace normkit

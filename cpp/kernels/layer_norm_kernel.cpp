@@ -1,0 +1,443 @@
+// LayerNorm forward and backward over the last axis of a (rows, cols) row-major array.
+// Compiled once per ISA (see CMakeLists.txt); the math is derived in docs/layer_norm.md.
+//
+// Work partition (fixed by the shape alone, so any thread count gives bitwise equal results):
+//  - each row is cut into chunks of kChunk elements; a chunk's statistics come from two passes
+//    over the chunk while it sits in L1, and chunks merge in order (Chan et al.);
+//  - rows are grouped into at most kMaxRowBlocks blocks; each block sums its dgamma/dbeta
+//    contribution into its own float64 row, and the block rows are added in order at the end.
+// Tall inputs run row blocks in parallel and finish each row while it is in cache; inputs with
+// too few rows to share out also split rows by chunk. Both paths do the same arithmetic.
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/kernels.hpp"
+#include "kernels/vec.hpp"
+#include "threading.hpp"
+#include "workspace.hpp"
+
+namespace normkit {
+namespace NORMKIT_CPU_NS {
+namespace {
+
+constexpr int64_t kChunk = 4096;  // a multiple of every vector width
+constexpr int64_t kMaxRowBlocks = 256;
+
+struct Plan {
+  int64_t rows, cols, n_chunks, rows_per_block, n_blocks;
+
+  Plan(int64_t rows_, int64_t cols_)
+      : rows(rows_),
+        cols(cols_),
+        n_chunks((cols_ + kChunk - 1) / kChunk),
+        rows_per_block((rows_ + kMaxRowBlocks - 1) / kMaxRowBlocks),
+        n_blocks(0) {
+    if (rows_per_block < 1) rows_per_block = 1;
+    n_blocks = (rows + rows_per_block - 1) / rows_per_block;
+  }
+  int64_t chunk_begin(int64_t c) const { return c * kChunk; }
+  int64_t chunk_size(int64_t c) const {
+    const int64_t end = (c + 1) * kChunk;
+    return (end < cols ? end : cols) - c * kChunk;
+  }
+  int64_t block_begin(int64_t b) const { return b * rows_per_block; }
+  int64_t block_end(int64_t b) const {
+    const int64_t end = (b + 1) * rows_per_block;
+    return end < rows ? end : rows;
+  }
+  // Row-at-a-time is cache-friendly; it needs enough rows (or blocks) to keep threads busy.
+  bool rows_in_parallel(int64_t units) const {
+    return n_chunks == 1 || units >= 4 * static_cast<int64_t>(get_num_threads());
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+struct Moments {
+  double count, mean, m2;  // m2 = sum of squared deviations from mean
+};
+
+// Moments of x[0, n), two passes over a chunk that stays in L1, accumulated in float64.
+// Scalar math: shift = sum(x) / n;  d = x - shift;
+//              mean = shift + sum(d) / n;  m2 = sum(d * d) - sum(d)^2 / n
+template <class T>
+Moments chunk_moments(const T* x, int64_t n) {
+  using V = Vec<T>;
+  const int64_t n_vec = n - n % V::width;
+
+  WideSum<T> sum_x = WideSum<T>::zero();
+  for (int64_t j = 0; j < n_vec; j += V::width) sum_x.add(Wide<T>::of(V::load(x + j)));
+  double tail_x = 0.0;
+  for (int64_t j = n_vec; j < n; ++j) tail_x += static_cast<double>(x[j]);
+  const double shift = (sum_x.total() + tail_x) / static_cast<double>(n);
+
+  const Vec<double> shift_v = Vec<double>::broadcast(shift);
+  WideSum<T> sum_d = WideSum<T>::zero();
+  WideSum<T> sum_d2 = WideSum<T>::zero();
+  for (int64_t j = 0; j < n_vec; j += V::width) {
+    Wide<T> d = Wide<T>::of(V::load(x + j));
+    for (auto& part : d.part) part = part - shift_v;
+    sum_d.add(d);
+    sum_d2.add_square(d);
+  }
+  double tail_d = 0.0, tail_d2 = 0.0;
+  for (int64_t j = n_vec; j < n; ++j) {
+    const double d = static_cast<double>(x[j]) - shift;
+    tail_d += d;
+    tail_d2 += d * d;
+  }
+  const double sd = sum_d.total() + tail_d;
+  const double sd2 = sum_d2.total() + tail_d2;
+  const double count = static_cast<double>(n);
+  return {count, shift + sd / count, sd2 - sd * sd / count};
+}
+
+// Chan, Golub & LeVeque: moments of the union of two disjoint sets.
+Moments merge(const Moments& a, const Moments& b) {
+  const double count = a.count + b.count;
+  const double delta = b.mean - a.mean;
+  return {count, a.mean + delta * (b.count / count),
+          a.m2 + b.m2 + delta * delta * (a.count * (b.count / count))};
+}
+
+// Per-row constants of the normalization. The float64 mean is split into mean_hi + mean_lo so
+// float32 output keeps full precision when |mean| >> std (x - mean_hi is exact there).
+template <class T>
+struct RowScale {
+  T mean_hi, mean_lo, rstd;
+};
+
+template <class T>
+RowScale<T> row_scale(const Moments& m, double eps) {
+  double var = m.m2 / m.count;
+  if (var < 0.0) var = 0.0;  // rounding; NaN passes through
+  const double rstd = 1.0 / std::sqrt(var + eps);
+  const T hi = static_cast<T>(m.mean);
+  return {hi, static_cast<T>(m.mean - static_cast<double>(hi)), static_cast<T>(rstd)};
+}
+
+// Scalar math: y = ((x - mean_hi) - mean_lo) * rstd * gamma + beta   (gamma, beta optional)
+template <class T, bool kGamma, bool kBeta>
+void normalize_chunk(T* y, const T* x, const T* gamma, const T* beta, RowScale<T> s, int64_t n) {
+  using V = Vec<T>;
+  const int64_t n_vec = n - n % V::width;
+  const V hi = V::broadcast(s.mean_hi), lo = V::broadcast(s.mean_lo), r = V::broadcast(s.rstd);
+  for (int64_t j = 0; j < n_vec; j += V::width) {
+    V v = ((V::load(x + j) - hi) - lo) * r;
+    if constexpr (kGamma && kBeta) v = fmadd(v, V::load(gamma + j), V::load(beta + j));
+    if constexpr (kGamma && !kBeta) v = v * V::load(gamma + j);
+    if constexpr (!kGamma && kBeta) v = v + V::load(beta + j);
+    v.store(y + j);
+  }
+  for (int64_t j = n_vec; j < n; ++j) {
+    T v = ((x[j] - s.mean_hi) - s.mean_lo) * s.rstd;
+    if constexpr (kGamma && kBeta) v = fma_scalar(v, gamma[j], beta[j]);
+    if constexpr (kGamma && !kBeta) v = v * gamma[j];
+    if constexpr (!kGamma && kBeta) v = v + beta[j];
+    y[j] = v;
+  }
+}
+
+// Normalizes columns [c0, c0 + n) of one row; gamma and beta are indexed by column.
+template <class T>
+void normalize(T* y_row, const T* x_row, const T* gamma, const T* beta, RowScale<T> s,
+               int64_t c0, int64_t n) {
+  T* y = y_row + c0;
+  const T* x = x_row + c0;
+  if (gamma && beta) return normalize_chunk<T, true, true>(y, x, gamma + c0, beta + c0, s, n);
+  if (gamma) return normalize_chunk<T, true, false>(y, x, gamma + c0, nullptr, s, n);
+  if (beta) return normalize_chunk<T, false, true>(y, x, nullptr, beta + c0, s, n);
+  normalize_chunk<T, false, false>(y, x, nullptr, nullptr, s, n);
+}
+
+Moments row_moments_from_chunks(const double* chunk_moments_row, int64_t n_chunks) {
+  // chunk_moments_row holds n_chunks (count, mean, m2) triples.
+  Moments m{chunk_moments_row[0], chunk_moments_row[1], chunk_moments_row[2]};
+  for (int64_t c = 1; c < n_chunks; ++c) {
+    const double* p = chunk_moments_row + 3 * c;
+    m = merge(m, Moments{p[0], p[1], p[2]});
+  }
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+
+struct GradSums {
+  double g, g_xhat;  // sum(g), sum(g * xhat) over a chunk or row
+};
+
+// First backward pass over one chunk of a row; with kAffine also adds this row's dgamma/dbeta
+// contribution to the block's float64 partial rows dgamma_part/dbeta_part.
+// Scalar math: xhat = (x - mean) * rstd;  g = dy * gamma;
+//              sums += (g, g * xhat);  dgamma_part += dy * xhat;  dbeta_part += dy
+template <class T, bool kAffine>
+GradSums chunk_grad_sums(double* dgamma_part, double* dbeta_part, const T* dy, const T* x,
+                         const T* gamma, T mean, T rstd, int64_t n) {
+  using V = Vec<T>;
+  const int64_t n_vec = n - n % V::width;
+  const V mean_v = V::broadcast(mean), rstd_v = V::broadcast(rstd);
+  WideSum<T> sum_g = WideSum<T>::zero();
+  WideSum<T> sum_gx = WideSum<T>::zero();
+  for (int64_t j = 0; j < n_vec; j += V::width) {
+    const V xhat = (V::load(x + j) - mean_v) * rstd_v;
+    const V d = V::load(dy + j);
+    V g = d;
+    if constexpr (kAffine) {
+      g = d * V::load(gamma + j);
+      accumulate_wide(dgamma_part + j, d * xhat);
+      accumulate_wide(dbeta_part + j, d);
+    }
+    sum_g.add(Wide<T>::of(g));
+    sum_gx.add(Wide<T>::of(g * xhat));
+  }
+  double tail_g = 0.0, tail_gx = 0.0;
+  for (int64_t j = n_vec; j < n; ++j) {
+    const T xhat = (x[j] - mean) * rstd;
+    T g = dy[j];
+    if constexpr (kAffine) {
+      g = dy[j] * gamma[j];
+      dgamma_part[j] += static_cast<double>(dy[j] * xhat);
+      dbeta_part[j] += static_cast<double>(dy[j]);
+    }
+    tail_g += static_cast<double>(g);
+    tail_gx += static_cast<double>(g * xhat);
+  }
+  return {sum_g.total() + tail_g, sum_gx.total() + tail_gx};
+}
+
+// Scalar math: dx = rstd * (g - mean_g - xhat * mean_gxhat),  g = dy * gamma
+template <class T, bool kAffine>
+void chunk_dx(T* dx, const T* dy, const T* x, const T* gamma, T mean, T rstd, T mean_g,
+              T mean_gxhat, int64_t n) {
+  using V = Vec<T>;
+  const int64_t n_vec = n - n % V::width;
+  const V mean_v = V::broadcast(mean), rstd_v = V::broadcast(rstd);
+  const V mean_g_v = V::broadcast(mean_g), neg_mean_gx_v = V::broadcast(-mean_gxhat);
+  for (int64_t j = 0; j < n_vec; j += V::width) {
+    const V xhat = (V::load(x + j) - mean_v) * rstd_v;
+    V g = V::load(dy + j);
+    if constexpr (kAffine) g = g * V::load(gamma + j);
+    (fmadd(xhat, neg_mean_gx_v, g - mean_g_v) * rstd_v).store(dx + j);
+  }
+  for (int64_t j = n_vec; j < n; ++j) {
+    const T xhat = (x[j] - mean) * rstd;
+    T g = dy[j];
+    if constexpr (kAffine) g = g * gamma[j];
+    dx[j] = fma_scalar(xhat, -mean_gxhat, g - mean_g) * rstd;
+  }
+}
+
+template <class T>
+struct BackwardArgs {
+  T* dx;
+  const T* dy;
+  const T* x;
+  const T* mean;
+  const T* rstd;
+  const T* gamma;
+  double* dgamma_part;  // n_blocks x cols, or nullptr without gamma
+  double* dbeta_part;
+};
+
+template <class T>
+GradSums grad_sums(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t chunk,
+                   int64_t block) {
+  const int64_t c0 = p.chunk_begin(chunk), n = p.chunk_size(chunk);
+  const int64_t off = row * p.cols + c0;
+  if (a.gamma) {
+    const int64_t part = block * p.cols + c0;
+    return chunk_grad_sums<T, true>(a.dgamma_part + part, a.dbeta_part + part, a.dy + off,
+                                    a.x + off, a.gamma + c0, a.mean[row], a.rstd[row], n);
+  }
+  return chunk_grad_sums<T, false>(nullptr, nullptr, a.dy + off, a.x + off, nullptr,
+                                   a.mean[row], a.rstd[row], n);
+}
+
+template <class T>
+void dx_chunk(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t chunk,
+              const GradSums& row_sums) {
+  const int64_t c0 = p.chunk_begin(chunk), n = p.chunk_size(chunk);
+  const int64_t off = row * p.cols + c0;
+  const double count = static_cast<double>(p.cols);
+  const T mean_g = static_cast<T>(row_sums.g / count);
+  const T mean_gx = static_cast<T>(row_sums.g_xhat / count);
+  if (a.gamma)
+    chunk_dx<T, true>(a.dx + off, a.dy + off, a.x + off, a.gamma + c0, a.mean[row], a.rstd[row],
+                      mean_g, mean_gx, n);
+  else
+    chunk_dx<T, false>(a.dx + off, a.dy + off, a.x + off, nullptr, a.mean[row], a.rstd[row],
+                       mean_g, mean_gx, n);
+}
+
+void zero(double* p, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) p[j] = 0.0;
+}
+
+// dgamma[j] = sum over blocks of dgamma_part[b][j], added in block order (likewise dbeta).
+template <class T>
+void reduce_param_grads(T* dgamma, T* dbeta, const double* dgamma_part,
+                        const double* dbeta_part, const Plan& p) {
+  constexpr int64_t kTile = 512;
+  const int64_t n_tiles = (p.cols + kTile - 1) / kTile;
+  parallel_for(n_tiles, kTile * p.n_blocks, [&](int64_t t0, int64_t t1) {
+    double acc_g[kTile], acc_b[kTile];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t j0 = t * kTile;
+      const int64_t n = (j0 + kTile < p.cols ? j0 + kTile : p.cols) - j0;
+      zero(acc_g, n);
+      zero(acc_b, n);
+      for (int64_t b = 0; b < p.n_blocks; ++b) {
+        const double* pg = dgamma_part + b * p.cols + j0;
+        const double* pb = dbeta_part + b * p.cols + j0;
+        for (int64_t j = 0; j < n; ++j) acc_g[j] += pg[j];
+        for (int64_t j = 0; j < n; ++j) acc_b[j] += pb[j];
+      }
+      for (int64_t j = 0; j < n; ++j) dgamma[j0 + j] = static_cast<T>(acc_g[j]);
+      for (int64_t j = 0; j < n; ++j) dbeta[j0 + j] = static_cast<T>(acc_b[j]);
+    }
+  });
+}
+
+}  // namespace
+
+template <class T>
+void layer_norm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+                        int64_t rows, int64_t cols, double eps) {
+  if (rows <= 0 || cols <= 0) return;
+  const Plan p(rows, cols);
+
+  auto finish_row = [&](int64_t i, const RowScale<T>& s) {
+    mean[i] = s.mean_hi;
+    rstd[i] = s.rstd;
+  };
+
+  if (p.rows_in_parallel(rows)) {
+    parallel_for(rows, cols, [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        const T* xi = x + i * cols;
+        Moments m = chunk_moments(xi, p.chunk_size(0));
+        for (int64_t c = 1; c < p.n_chunks; ++c)
+          m = merge(m, chunk_moments(xi + p.chunk_begin(c), p.chunk_size(c)));
+        const RowScale<T> s = row_scale<T>(m, eps);
+        finish_row(i, s);
+        normalize(y + i * cols, xi, gamma, beta, s, 0, cols);
+      }
+    });
+    return;
+  }
+
+  // Few, long rows: chunk moments in parallel, merged per row, then normalize in parallel.
+  const int64_t n_tasks = rows * p.n_chunks;
+  Workspace ws(static_cast<std::size_t>(3 * n_tasks + 2 * rows));
+  double* moments = ws.data();              // (rows, n_chunks, 3)
+  double* row_stats = moments + 3 * n_tasks;  // (rows, 2): mean, m2
+  parallel_for(n_tasks, kChunk, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i = t / p.n_chunks, c = t % p.n_chunks;
+      const Moments m = chunk_moments(x + i * cols + p.chunk_begin(c), p.chunk_size(c));
+      moments[3 * t] = m.count;
+      moments[3 * t + 1] = m.mean;
+      moments[3 * t + 2] = m.m2;
+    }
+  });
+  for (int64_t i = 0; i < rows; ++i) {
+    const Moments m = row_moments_from_chunks(moments + 3 * i * p.n_chunks, p.n_chunks);
+    finish_row(i, row_scale<T>(m, eps));
+    row_stats[2 * i] = m.mean;
+    row_stats[2 * i + 1] = m.m2;
+  }
+  parallel_for(n_tasks, kChunk, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i = t / p.n_chunks, c = t % p.n_chunks;
+      const Moments m{static_cast<double>(cols), row_stats[2 * i], row_stats[2 * i + 1]};
+      normalize(y + i * cols, x + i * cols, gamma, beta, row_scale<T>(m, eps), p.chunk_begin(c),
+                p.chunk_size(c));
+    }
+  });
+}
+
+template <class T>
+void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
+                         const T* rstd, const T* gamma, int64_t rows, int64_t cols) {
+  if (cols <= 0) return;
+  const Plan p(rows, cols);
+  const bool affine = gamma != nullptr;
+  if (rows <= 0) {
+    if (affine) {
+      for (int64_t j = 0; j < cols; ++j) dgamma[j] = dbeta[j] = T(0);
+    }
+    return;
+  }
+
+  Workspace parts(affine ? static_cast<std::size_t>(2 * p.n_blocks * cols) : 0);
+  BackwardArgs<T> a{dx, dy, x, mean, rstd, gamma, parts.data(),
+                    affine ? parts.data() + p.n_blocks * cols : nullptr};
+
+  if (p.rows_in_parallel(p.n_blocks)) {
+    parallel_for(p.n_blocks, p.rows_per_block * cols, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        if (affine) {
+          zero(a.dgamma_part + b * cols, cols);
+          zero(a.dbeta_part + b * cols, cols);
+        }
+        for (int64_t i = p.block_begin(b); i < p.block_end(b); ++i) {
+          GradSums row{0.0, 0.0};
+          for (int64_t c = 0; c < p.n_chunks; ++c) {
+            const GradSums s = grad_sums(a, p, i, c, b);
+            row.g += s.g;
+            row.g_xhat += s.g_xhat;
+          }
+          for (int64_t c = 0; c < p.n_chunks; ++c) dx_chunk(a, p, i, c, row);
+        }
+      }
+    });
+  } else {
+    // Few rows: split each block's rows by chunk as well; same sums, same order.
+    Workspace ws(static_cast<std::size_t>(2 * rows * p.n_chunks));
+    double* sums = ws.data();  // (rows, n_chunks, 2)
+    parallel_for(p.n_blocks * p.n_chunks, p.rows_per_block * kChunk, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / p.n_chunks, c = t % p.n_chunks;
+        if (affine) {
+          zero(a.dgamma_part + b * cols + p.chunk_begin(c), p.chunk_size(c));
+          zero(a.dbeta_part + b * cols + p.chunk_begin(c), p.chunk_size(c));
+        }
+        for (int64_t i = p.block_begin(b); i < p.block_end(b); ++i) {
+          const GradSums s = grad_sums(a, p, i, c, b);
+          sums[2 * (i * p.n_chunks + c)] = s.g;
+          sums[2 * (i * p.n_chunks + c) + 1] = s.g_xhat;
+        }
+      }
+    });
+    parallel_for(rows * p.n_chunks, kChunk, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t i = t / p.n_chunks, c = t % p.n_chunks;
+        GradSums row{0.0, 0.0};
+        for (int64_t k = 0; k < p.n_chunks; ++k) {
+          row.g += sums[2 * (i * p.n_chunks + k)];
+          row.g_xhat += sums[2 * (i * p.n_chunks + k) + 1];
+        }
+        dx_chunk(a, p, i, c, row);
+      }
+    });
+  }
+
+  if (affine) reduce_param_grads(dgamma, dbeta, a.dgamma_part, a.dbeta_part, p);
+}
+
+template void layer_norm_forward<float>(float*, float*, float*, const float*, const float*,
+                                        const float*, int64_t, int64_t, double);
+template void layer_norm_forward<double>(double*, double*, double*, const double*, const double*,
+                                         const double*, int64_t, int64_t, double);
+template void layer_norm_backward<float>(float*, float*, float*, const float*, const float*,
+                                         const float*, const float*, const float*, int64_t,
+                                         int64_t);
+template void layer_norm_backward<double>(double*, double*, double*, const double*,
+                                          const double*, const double*, const double*,
+                                          const double*, int64_t, int64_t);
+
+}  // namespace NORMKIT_CPU_NS
+}  // namespace normkit

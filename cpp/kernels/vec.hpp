@@ -1,0 +1,220 @@
+#pragma once
+// A small SIMD vector type for the kernels, mapped onto the widest registers of the ISA this
+// translation unit is compiled for: AVX-512 (16 floats), AVX2+FMA (8), SSE2 (4), or plain
+// scalars on other architectures. Everything is in the per-ISA namespace.
+//
+// Wide<T> is the double-precision accumulator view of a Vec<T>: statistics of float32 data
+// are summed in float64 so they stay exact on large-mean data.
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+namespace normkit {
+namespace NORMKIT_CPU_NS {
+
+template <class T>
+struct Vec;
+
+#if defined(__AVX512F__)
+
+template <>
+struct Vec<float> {
+  static constexpr int64_t width = 16;
+  __m512 v;
+  static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static Vec broadcast(float a) { return {_mm512_set1_ps(a)}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+};
+template <>
+struct Vec<double> {
+  static constexpr int64_t width = 8;
+  __m512d v;
+  static Vec load(const double* p) { return {_mm512_loadu_pd(p)}; }
+  static Vec broadcast(double a) { return {_mm512_set1_pd(a)}; }
+  void store(double* p) const { _mm512_storeu_pd(p, v); }
+};
+inline Vec<float> operator+(Vec<float> a, Vec<float> b) { return {_mm512_add_ps(a.v, b.v)}; }
+inline Vec<float> operator-(Vec<float> a, Vec<float> b) { return {_mm512_sub_ps(a.v, b.v)}; }
+inline Vec<float> operator*(Vec<float> a, Vec<float> b) { return {_mm512_mul_ps(a.v, b.v)}; }
+inline Vec<float> fmadd(Vec<float> a, Vec<float> b, Vec<float> c) {
+  return {_mm512_fmadd_ps(a.v, b.v, c.v)};
+}
+inline Vec<double> operator+(Vec<double> a, Vec<double> b) { return {_mm512_add_pd(a.v, b.v)}; }
+inline Vec<double> operator-(Vec<double> a, Vec<double> b) { return {_mm512_sub_pd(a.v, b.v)}; }
+inline Vec<double> operator*(Vec<double> a, Vec<double> b) { return {_mm512_mul_pd(a.v, b.v)}; }
+inline Vec<double> fmadd(Vec<double> a, Vec<double> b, Vec<double> c) {
+  return {_mm512_fmadd_pd(a.v, b.v, c.v)};
+}
+inline Vec<double> widen_lo(Vec<float> a) { return {_mm512_cvtps_pd(_mm512_castps512_ps256(a.v))}; }
+inline Vec<double> widen_hi(Vec<float> a) {
+  return {_mm512_cvtps_pd(_mm512_extractf32x8_ps(a.v, 1))};
+}
+
+#elif defined(__AVX2__)
+
+template <>
+struct Vec<float> {
+  static constexpr int64_t width = 8;
+  __m256 v;
+  static Vec load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  static Vec broadcast(float a) { return {_mm256_set1_ps(a)}; }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
+};
+template <>
+struct Vec<double> {
+  static constexpr int64_t width = 4;
+  __m256d v;
+  static Vec load(const double* p) { return {_mm256_loadu_pd(p)}; }
+  static Vec broadcast(double a) { return {_mm256_set1_pd(a)}; }
+  void store(double* p) const { _mm256_storeu_pd(p, v); }
+};
+inline Vec<float> operator+(Vec<float> a, Vec<float> b) { return {_mm256_add_ps(a.v, b.v)}; }
+inline Vec<float> operator-(Vec<float> a, Vec<float> b) { return {_mm256_sub_ps(a.v, b.v)}; }
+inline Vec<float> operator*(Vec<float> a, Vec<float> b) { return {_mm256_mul_ps(a.v, b.v)}; }
+inline Vec<float> fmadd(Vec<float> a, Vec<float> b, Vec<float> c) {
+  return {_mm256_fmadd_ps(a.v, b.v, c.v)};
+}
+inline Vec<double> operator+(Vec<double> a, Vec<double> b) { return {_mm256_add_pd(a.v, b.v)}; }
+inline Vec<double> operator-(Vec<double> a, Vec<double> b) { return {_mm256_sub_pd(a.v, b.v)}; }
+inline Vec<double> operator*(Vec<double> a, Vec<double> b) { return {_mm256_mul_pd(a.v, b.v)}; }
+inline Vec<double> fmadd(Vec<double> a, Vec<double> b, Vec<double> c) {
+  return {_mm256_fmadd_pd(a.v, b.v, c.v)};
+}
+inline Vec<double> widen_lo(Vec<float> a) { return {_mm256_cvtps_pd(_mm256_castps256_ps128(a.v))}; }
+inline Vec<double> widen_hi(Vec<float> a) {
+  return {_mm256_cvtps_pd(_mm256_extractf128_ps(a.v, 1))};
+}
+
+#elif defined(__SSE2__)
+
+template <>
+struct Vec<float> {
+  static constexpr int64_t width = 4;
+  __m128 v;
+  static Vec load(const float* p) { return {_mm_loadu_ps(p)}; }
+  static Vec broadcast(float a) { return {_mm_set1_ps(a)}; }
+  void store(float* p) const { _mm_storeu_ps(p, v); }
+};
+template <>
+struct Vec<double> {
+  static constexpr int64_t width = 2;
+  __m128d v;
+  static Vec load(const double* p) { return {_mm_loadu_pd(p)}; }
+  static Vec broadcast(double a) { return {_mm_set1_pd(a)}; }
+  void store(double* p) const { _mm_storeu_pd(p, v); }
+};
+inline Vec<float> operator+(Vec<float> a, Vec<float> b) { return {_mm_add_ps(a.v, b.v)}; }
+inline Vec<float> operator-(Vec<float> a, Vec<float> b) { return {_mm_sub_ps(a.v, b.v)}; }
+inline Vec<float> operator*(Vec<float> a, Vec<float> b) { return {_mm_mul_ps(a.v, b.v)}; }
+// No FMA before AVX2: multiply, round, add.
+inline Vec<float> fmadd(Vec<float> a, Vec<float> b, Vec<float> c) { return a * b + c; }
+inline Vec<double> operator+(Vec<double> a, Vec<double> b) { return {_mm_add_pd(a.v, b.v)}; }
+inline Vec<double> operator-(Vec<double> a, Vec<double> b) { return {_mm_sub_pd(a.v, b.v)}; }
+inline Vec<double> operator*(Vec<double> a, Vec<double> b) { return {_mm_mul_pd(a.v, b.v)}; }
+inline Vec<double> fmadd(Vec<double> a, Vec<double> b, Vec<double> c) { return a * b + c; }
+inline Vec<double> widen_lo(Vec<float> a) { return {_mm_cvtps_pd(a.v)}; }
+inline Vec<double> widen_hi(Vec<float> a) { return {_mm_cvtps_pd(_mm_movehl_ps(a.v, a.v))}; }
+
+#else  // portable scalar fallback (non-x86 builds)
+
+template <class T>
+struct Vec {
+  static constexpr int64_t width = 1;
+  T v;
+  static Vec load(const T* p) { return {*p}; }
+  static Vec broadcast(T a) { return {a}; }
+  void store(T* p) const { *p = v; }
+};
+template <class T>
+inline Vec<T> operator+(Vec<T> a, Vec<T> b) { return {a.v + b.v}; }
+template <class T>
+inline Vec<T> operator-(Vec<T> a, Vec<T> b) { return {a.v - b.v}; }
+template <class T>
+inline Vec<T> operator*(Vec<T> a, Vec<T> b) { return {a.v * b.v}; }
+template <class T>
+inline Vec<T> fmadd(Vec<T> a, Vec<T> b, Vec<T> c) { return a * b + c; }
+// A "float vector" of one lane widens entirely into widen_lo; widen_hi is unused (parts == 1).
+inline Vec<double> widen_lo(Vec<float> a) { return {static_cast<double>(a.v)}; }
+inline Vec<double> widen_hi(Vec<float> a) { return {static_cast<double>(a.v)}; }
+
+#endif
+
+// Scalar a * b + c for tails: fused where the ISA has FMA, like the vector fmadd.
+template <class T>
+inline T fma_scalar(T a, T b, T c) {
+#if defined(__FMA__)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// Lanes of a Vec<double> summed in lane order (fixed, so results are reproducible).
+inline double reduce_add(Vec<double> a) {
+  double lanes[Vec<double>::width];
+  a.store(lanes);
+  double s = 0.0;
+  for (int64_t i = 0; i < Vec<double>::width; ++i) s += lanes[i];
+  return s;
+}
+
+// Wide<T>: a Vec<T> held as float64 lanes. For double it is the vector itself; for float it
+// is the low and high halves converted exactly to double.
+template <class T>
+struct Wide;
+
+template <>
+struct Wide<double> {
+  static constexpr int parts = 1;
+  Vec<double> part[1];
+  static Wide of(Vec<double> a) { return {{a}}; }
+};
+
+template <>
+struct Wide<float> {
+  static constexpr int parts = Vec<float>::width == 1 ? 1 : 2;
+  Vec<double> part[2];
+  static Wide of(Vec<float> a) { return {{widen_lo(a), widen_hi(a)}}; }
+};
+
+// A float64 vector accumulator for sums of Vec<T> values.
+template <class T>
+struct WideSum {
+  Vec<double> part[Wide<T>::parts];
+
+  static WideSum zero() {
+    WideSum s;
+    for (auto& p : s.part) p = Vec<double>::broadcast(0.0);
+    return s;
+  }
+  // sum += a
+  void add(Wide<T> a) {
+    for (int k = 0; k < Wide<T>::parts; ++k) part[k] = part[k] + a.part[k];
+  }
+  // sum += a * a, squared in float64
+  void add_square(Wide<T> a) {
+    for (int k = 0; k < Wide<T>::parts; ++k) part[k] = fmadd(a.part[k], a.part[k], part[k]);
+  }
+  double total() const {
+    Vec<double> s = part[0];
+    for (int k = 1; k < Wide<T>::parts; ++k) s = s + part[k];
+    return reduce_add(s);
+  }
+};
+
+// p[0 .. Vec<T>::width) += a, in float64 (a row of per-block parameter-gradient partials).
+template <class T>
+inline void accumulate_wide(double* p, Vec<T> a) {
+  const Wide<T> w = Wide<T>::of(a);
+  for (int k = 0; k < Wide<T>::parts; ++k) {
+    double* q = p + k * Vec<double>::width;
+    (Vec<double>::load(q) + w.part[k]).store(q);
+  }
+}
+
+}  // namespace NORMKIT_CPU_NS
+}  // namespace normkit

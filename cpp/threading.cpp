@@ -1,0 +1,36 @@
+#include "threading.hpp"
+
+#include <atomic>
+#include <stdexcept>
+#include <string>
+
+namespace normkit {
+namespace {
+
+std::atomic<int>& thread_setting() {
+#ifdef _OPENMP
+  static std::atomic<int> n{omp_get_max_threads()};
+#else
+  static std::atomic<int> n{1};
+#endif
+  return n;
+}
+
+}  // namespace
+
+int get_num_threads() { return thread_setting().load(std::memory_order_relaxed); }
+
+void set_num_threads(int n) {
+  if (n < 1) throw std::invalid_argument("number of threads must be >= 1, got " + std::to_string(n));
+  thread_setting().store(n, std::memory_order_relaxed);
+}
+
+bool openmp_enabled() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace normkit

@@ -1,0 +1,48 @@
+#pragma once
+// Thread count control and the one parallel loop the kernels use.
+//
+// Determinism: kernels split their work into tasks whose arithmetic does not depend on how
+// tasks are assigned to threads, so results are bitwise identical for any thread count.
+
+#include <cstdint>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace normkit {
+
+// Threads kernels may use. Defaults to omp_get_max_threads() (so OMP_NUM_THREADS is respected).
+int get_num_threads();
+void set_num_threads(int n);  // n >= 1, else std::invalid_argument
+bool openmp_enabled();
+
+// Fewer elements than this per thread are not worth an OpenMP fork/join.
+constexpr int64_t kMinElementsPerThread = int64_t{1} << 15;
+
+// Calls f(begin, end) over contiguous, disjoint ranges covering [0, n_tasks), on as many
+// threads as the work (n_tasks * elements_per_task) justifies; tiny work runs inline.
+template <class F>
+void parallel_for(int64_t n_tasks, int64_t elements_per_task, const F& f) {
+  if (n_tasks <= 0) return;
+  int64_t threads = get_num_threads();
+  if (threads > n_tasks) threads = n_tasks;
+  const int64_t by_work = n_tasks * elements_per_task / kMinElementsPerThread;
+  if (threads > by_work) threads = by_work;
+#ifdef _OPENMP
+  if (threads > 1) {
+#pragma omp parallel num_threads(static_cast<int>(threads))
+    {
+      const int64_t team = omp_get_num_threads();
+      const int64_t t = omp_get_thread_num();
+      const int64_t begin = n_tasks * t / team;
+      const int64_t end = n_tasks * (t + 1) / team;
+      if (begin < end) f(begin, end);
+    }
+    return;
+  }
+#endif
+  f(0, n_tasks);
+}
+
+}  // namespace normkit

@@ -1,0 +1,103 @@
+"""Input checks shared by every normkit function: one place that says what is accepted."""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import numpy as np
+
+AxisError = getattr(getattr(np, "exceptions", np), "AxisError")
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_array(a: Any, name: str) -> np.ndarray:
+    """``a`` as an ndarray of float32/float64 (not copied); TypeError for any other dtype."""
+    arr = np.asarray(a)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name}: expected a float32 or float64 array, got dtype {arr.dtype} "
+            f"(convert with {name}.astype(np.float32) or np.float64)"
+        )
+    return arr
+
+
+def like(a: Any, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """``a`` checked to have ``dtype`` and ``shape``, C-contiguous (copied only if needed)."""
+    arr = np.asarray(a)
+    if arr.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the dtype of x), got {arr.dtype}")
+    if arr.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def optional_like(a: Any, name: str, dtype: np.dtype, shape: tuple[int, ...]):
+    return None if a is None else like(a, name, dtype, shape)
+
+
+def eps_value(eps: Any) -> float:
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps: expected a real number, got {eps!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"eps: expected a finite number >= 0, got {value}")
+    return value
+
+
+def _axis_index(axis: Any, ndim: int) -> int:
+    if isinstance(axis, (bool, np.bool_)):
+        raise TypeError(f"axis: expected an int or a tuple of ints, got {axis!r}")
+    try:
+        index = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis: expected an int or a tuple of ints, got {axis!r}") from None
+    if not -ndim <= index < ndim:
+        raise AxisError(f"axis {index} is out of bounds for array of dimension {ndim}")
+    return index % ndim
+
+
+def trailing_axes(axis: Any, ndim: int) -> int:
+    """Number k of trailing axes named by ``axis`` (an int or a tuple: the last k axes)."""
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    if len(axes) == 0:
+        raise ValueError("axis: expected at least one axis, got ()")
+    indices = sorted(_axis_index(a, ndim) for a in axes)
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"axis: repeated axis in {axis!r}")
+    k = len(indices)
+    if indices != list(range(ndim - k, ndim)):
+        raise ValueError(
+            f"axis: layer normalization runs over trailing axes (the last {k} of {ndim}), "
+            f"got {axis!r}; move the axes to the end with np.moveaxis first"
+        )
+    return k
+
+
+def out_array(out: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"out: expected dtype {dtype}, got {out.dtype}")
+    if out.shape != shape:
+        raise ValueError(f"out: expected shape {shape}, got {out.shape}")
+    if not out.flags.c_contiguous:
+        raise ValueError("out: expected a C-contiguous array")
+    if not out.flags.writeable:
+        raise ValueError("out: expected a writeable array")
+    return out
+
+
+def unaliased(a: np.ndarray | None, out: np.ndarray, allow_same: bool = False):
+    """``a``, copied if it overlaps ``out`` (except, with allow_same, when it *is* out's memory)."""
+    if a is None or not np.may_share_memory(a, out):
+        return a
+    same = (
+        a.__array_interface__["data"][0] == out.__array_interface__["data"][0]
+        and a.strides == out.strides
+        and a.shape == out.shape
+    )
+    return a if (allow_same and same) else a.copy()

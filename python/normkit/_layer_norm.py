@@ -1,0 +1,83 @@
+"""LayerNorm: each sample normalized over its trailing (feature) axes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import _checks, _core
+
+
+def _split(x: np.ndarray, axis: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(batch_shape, normalized_shape) of x for the trailing ``axis``."""
+    k = _checks.trailing_axes(axis, x.ndim)
+    batch_shape, norm_shape = x.shape[: x.ndim - k], x.shape[x.ndim - k :]
+    if math.prod(norm_shape) == 0:
+        raise ValueError(f"x: the normalized axes {norm_shape} hold no values")
+    return batch_shape, norm_shape
+
+
+def _forward(x, gamma, beta, eps, axis, out):
+    x = _checks.float_array(x, "x")
+    batch_shape, norm_shape = _split(x, axis)
+    eps = _checks.eps_value(eps)
+    gamma = _checks.optional_like(gamma, "gamma", x.dtype, norm_shape)
+    beta = _checks.optional_like(beta, "beta", x.dtype, norm_shape)
+    if out is None:
+        y = np.empty(x.shape, x.dtype)
+    else:
+        y = _checks.out_array(out, x.shape, x.dtype)
+        x = _checks.unaliased(x, y, allow_same=True)
+        gamma = _checks.unaliased(gamma, y)
+        beta = _checks.unaliased(beta, y)
+    x = np.ascontiguousarray(x)
+    mean = np.empty(batch_shape, x.dtype)
+    rstd = np.empty(batch_shape, x.dtype)
+    rows, cols = math.prod(batch_shape), math.prod(norm_shape)
+    _core.layer_norm_forward(x, gamma, beta, eps, y, mean, rstd, rows, cols)
+    return y, mean, rstd
+
+
+def layer_norm(x, gamma=None, beta=None, *, eps=1e-5, axis=-1, out=None) -> np.ndarray:
+    """Layer normalization of ``x`` over its trailing ``axis`` (an int or tuple of axes).
+
+    ``y = (x - mean) / sqrt(var + eps) * gamma + beta``, with the mean and the biased variance
+    of each sample over the normalized axes. ``gamma``/``beta`` have the shape of those axes.
+    ``out`` (C-contiguous, shape and dtype of ``x``) receives the result and may be ``x``
+    itself for an in-place normalization.
+    """
+    return _forward(x, gamma, beta, eps, axis, out)[0]
+
+
+def layer_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, axis=-1):
+    """``(y, mean, rstd)``: the output and the statistics the backward needs.
+
+    ``mean`` and ``rstd = 1 / sqrt(var + eps)`` have shape ``x.shape[:-k]`` for k normalized
+    axes and the dtype of ``x``.
+    """
+    return _forward(x, gamma, beta, eps, axis, None)
+
+
+def layer_norm_backward(dy, x, mean, rstd, gamma=None, *, axis=-1):
+    """``(dx, dgamma, dbeta)`` for ``y = layer_norm(x, gamma, beta)`` given ``dy = dL/dy``.
+
+    ``mean`` and ``rstd`` are those returned by :func:`layer_norm_forward`. ``dgamma`` and
+    ``dbeta`` are ``None`` when ``gamma`` is ``None``.
+    """
+    x = _checks.float_array(x, "x")
+    batch_shape, norm_shape = _split(x, axis)
+    dy = _checks.like(dy, "dy", x.dtype, x.shape)
+    mean = _checks.like(mean, "mean", x.dtype, batch_shape)
+    rstd = _checks.like(rstd, "rstd", x.dtype, batch_shape)
+    gamma = _checks.optional_like(gamma, "gamma", x.dtype, norm_shape)
+    x = np.ascontiguousarray(x)
+    dx = np.empty(x.shape, x.dtype)
+    dgamma = dbeta = None
+    if gamma is not None:
+        dgamma = np.empty(norm_shape, x.dtype)
+        dbeta = np.empty(norm_shape, x.dtype)
+    rows, cols = math.prod(batch_shape), math.prod(norm_shape)
+    _core.layer_norm_backward(dy, x, mean, rstd, gamma, dx, dgamma, dbeta, rows, cols)
+    return dx, dgamma, dbeta

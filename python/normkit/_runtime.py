@@ -1,0 +1,42 @@
+"""Threads, ISA and build information."""
+
+from __future__ import annotations
+
+import operator
+from importlib import metadata
+
+from . import _core
+
+
+def get_num_threads() -> int:
+    """Threads normkit's kernels may use (default: OMP_NUM_THREADS or the CPU count)."""
+    return _core.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Let kernels use up to ``n`` threads. Results do not depend on ``n``: they are bitwise
+    identical for any thread count."""
+    if isinstance(n, bool):
+        raise TypeError(f"n: expected an int, got {n!r}")
+    n = operator.index(n)
+    if n < 1:
+        raise ValueError(f"n: expected a number of threads >= 1, got {n}")
+    _core.set_num_threads(n)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("normkit")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
+        return "unknown"
+
+
+def info() -> dict:
+    """Build and runtime facts: version, active and available ISAs, threads, OpenMP."""
+    return {
+        "version": _version(),
+        "isa": _core.active_isa(),
+        "isa_available": list(_core.available_isas()),
+        "num_threads": _core.get_num_threads(),
+        "openmp": bool(_core.openmp_enabled()),
+    }

@@ -1,0 +1,36 @@
+"""``normkit`` command line: ``python -m normkit info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _info(args: argparse.Namespace) -> int:
+    from . import info
+
+    facts = info()
+    if args.json:
+        print(json.dumps(facts))
+    else:
+        width = max(len(k) for k in facts)
+        for key, value in facts.items():
+            if isinstance(value, list):
+                value = ", ".join(value)
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="normkit", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("info", help="show version, active ISA, threads")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_info)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Layers with state: parameters, their gradients, and a forward/backward pair.
+
+A training loop in NumPy looks like::
+
+    y = layer(x)                    # forward, remembers what backward needs
+    dx = layer.backward(dy)         # fills layer.grad_<name> for every parameter
+    for name, param, grad in layer.params_and_grads():
+        param -= lr * grad          # update in place
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterator
+
+import numpy as np
+
+from . import _checks
+from ._layer_norm import layer_norm_backward, layer_norm_forward
+
+
+class Module:
+    """Base class: parameters (updated in place by optimizers), gradients, state."""
+
+    _param_names: tuple[str, ...] = ()
+    _buffer_names: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.training = True
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, dy):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def params_and_grads(self) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
+        """``(name, parameter, gradient)`` for each parameter; gradients are ``None`` until the
+        first ``backward``. Parameters are arrays an optimizer updates in place."""
+        for name in self._param_names:
+            param = getattr(self, name)
+            if param is not None:
+                yield name, param, getattr(self, "grad_" + name)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters and buffers, by name."""
+        state = {}
+        for name in self._param_names + self._buffer_names:
+            value = getattr(self, name)
+            if value is not None:
+                state[name] = np.array(value, copy=True)
+        return state
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Copy values into the existing arrays (so optimizer references stay valid)."""
+        own = self.state_dict()
+        if strict:
+            missing = sorted(set(own) - set(state))
+            unexpected = sorted(set(state) - set(own))
+            if missing or unexpected:
+                raise KeyError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
+        for name in own:
+            if name not in state:
+                continue
+            target = getattr(self, name)
+            value = np.asarray(state[name])
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"{name}: expected shape {target.shape}, got {value.shape}"
+                )
+            target[...] = value
+
+
+class LayerNorm(Module):
+    """Layer normalization over the trailing ``normalized_shape`` axes of its input.
+
+    Mirrors ``torch.nn.LayerNorm``: ``gamma`` (ones) and ``beta`` (zeros) of shape
+    ``normalized_shape`` when ``elementwise_affine``; ``bias=False`` drops ``beta``. Training
+    and evaluation behave the same (no statistic crosses samples).
+    """
+
+    _param_names = ("gamma", "beta")
+
+    def __init__(
+        self,
+        normalized_shape,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        dtype=np.float32,
+    ) -> None:
+        super().__init__()
+        if isinstance(normalized_shape, (tuple, list)):
+            shape = tuple(operator.index(n) for n in normalized_shape)
+        else:
+            shape = (operator.index(normalized_shape),)
+        if not shape or any(n < 1 for n in shape):
+            raise ValueError(f"normalized_shape: expected positive sizes, got {normalized_shape!r}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in _checks.FLOAT_DTYPES:
+            raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
+        self.normalized_shape = shape
+        self.eps = _checks.eps_value(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.gamma = np.ones(shape, self.dtype) if elementwise_affine else None
+        self.beta = np.zeros(shape, self.dtype) if elementwise_affine and bias else None
+        self.grad_gamma = None
+        self.grad_beta = None
+        self._saved = None
+
+    @property
+    def _axis(self) -> tuple[int, ...]:
+        return tuple(range(-len(self.normalized_shape), 0))
+
+    def forward(self, x):
+        x = _checks.float_array(x, "x")
+        k = len(self.normalized_shape)
+        if x.shape[x.ndim - k :] != self.normalized_shape or x.ndim < k:
+            raise ValueError(
+                f"x: expected trailing shape {self.normalized_shape}, got shape {x.shape}"
+            )
+        y, mean, rstd = layer_norm_forward(x, self.gamma, self.beta, eps=self.eps, axis=self._axis)
+        self._saved = (x, mean, rstd)
+        return y
+
+    def backward(self, dy):
+        """``dx`` for the last forward; stores ``grad_gamma``/``grad_beta`` (overwritten)."""
+        if self._saved is None:
+            raise RuntimeError("LayerNorm.backward called before forward")
+        x, mean, rstd = self._saved
+        dx, dgamma, dbeta = layer_norm_backward(dy, x, mean, rstd, self.gamma, axis=self._axis)
+        self.grad_gamma = dgamma
+        self.grad_beta = dbeta if self.beta is not None else None
+        return dx
+
+    def __repr__(self) -> str:
+        return (
+            f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
+            f"elementwise_affine={self.elementwise_affine}, bias={self.beta is not None}, "
+            f"dtype={self.dtype})"
+        )
