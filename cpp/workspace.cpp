@@ -4,16 +4,56 @@
 #include <new>
 
 namespace normkit {
+namespace {
 
-Workspace::Workspace(std::size_t n_doubles) : data_(nullptr) {
-  if (n_doubles == 0) return;
+constexpr int kCachedLevels = 4;
+
+struct Buffer {
+  double* data = nullptr;
+  std::size_t capacity = 0;  // doubles
+};
+
+struct ThreadCache {
+  Buffer levels[kCachedLevels];
+  int depth = 0;
+  ~ThreadCache() {
+    for (Buffer& b : levels) std::free(b.data);
+  }
+};
+
+thread_local ThreadCache cache;
+
+double* allocate(std::size_t n_doubles) {
   // 64-byte alignment: one cache line, one AVX-512 register.
   const std::size_t bytes = (n_doubles * sizeof(double) + 63) / 64 * 64;
-  data_ = static_cast<double*>(std::aligned_alloc(64, bytes));
-  if (!data_) throw std::bad_alloc();
+  void* p = std::aligned_alloc(64, bytes);
+  if (!p) throw std::bad_alloc();
+  return static_cast<double*>(p);
 }
 
-Workspace::~Workspace() { std::free(data_); }
+}  // namespace
+
+Workspace::Workspace(std::size_t n_doubles) : data_(nullptr), level_(cache.depth) {
+  if (level_ >= kCachedLevels) {  // deeper than the cache: a private buffer
+    data_ = n_doubles ? allocate(n_doubles) : nullptr;
+  } else {
+    Buffer& b = cache.levels[level_];
+    if (b.capacity < n_doubles) {
+      std::free(b.data);
+      b.data = nullptr;
+      b.capacity = 0;
+      b.data = allocate(n_doubles);
+      b.capacity = n_doubles;
+    }
+    data_ = b.data;
+  }
+  ++cache.depth;
+}
+
+Workspace::~Workspace() {
+  --cache.depth;
+  if (level_ >= kCachedLevels) std::free(data_);
+}
 
 double* Workspace::data() const { return data_; }
 

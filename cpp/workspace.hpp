@@ -1,6 +1,10 @@
 #pragma once
 // Scratch memory for kernels. Defined out of line, in code built for the baseline CPU, so the
 // per-ISA kernel objects do not instantiate standard-library allocation code of their own.
+//
+// Buffers are cached per calling thread and reused by later calls: a fresh multi-megabyte
+// allocation would otherwise cost page faults on every call. Workspaces nest (a kernel may hold
+// a few at once); each nesting level has its own cached buffer.
 
 #include <cstddef>
 
@@ -17,6 +21,7 @@ class Workspace {
 
  private:
   double* data_;
+  int level_;
 };
 
 }  // namespace normkit

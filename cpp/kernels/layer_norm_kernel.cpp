@@ -22,7 +22,7 @@ namespace NORMKIT_CPU_NS {
 namespace {
 
 constexpr int64_t kChunk = 4096;  // a multiple of every vector width
-constexpr int64_t kMaxRowBlocks = 256;
+constexpr int64_t kMaxRowBlocks = 128;
 
 struct Plan {
   int64_t rows, cols, n_chunks, rows_per_block, n_blocks;
@@ -59,39 +59,50 @@ struct Moments {
   double count, mean, m2;  // m2 = sum of squared deviations from mean
 };
 
-// Moments of x[0, n), two passes over a chunk that stays in L1, accumulated in float64.
+// Moments of x[0, n) from two passes over a chunk that stays in L1; the sums use blocked
+// summation into float64 (vec.hpp), so float32 statistics stay exact to a few ulps.
 // Scalar math: shift = sum(x) / n;  d = x - shift;
 //              mean = shift + sum(d) / n;  m2 = sum(d * d) - sum(d)^2 / n
+// The shift only has to be near the mean: the second pass corrects it, and x - shift is
+// exact in T wherever the data sit far from zero relative to their spread.
 template <class T>
 Moments chunk_moments(const T* x, int64_t n) {
   using V = Vec<T>;
   const int64_t n_vec = n - n % V::width;
+  const double count = static_cast<double>(n);
 
-  WideSum<T> sum_x = WideSum<T>::zero();
-  for (int64_t j = 0; j < n_vec; j += V::width) sum_x.add(Wide<T>::of(V::load(x + j)));
+  Chains<T> sum_x = Chains<T>::zero();
+  WideSum<T> total_x = WideSum<T>::zero();
+  blocked_loop<T>(
+      n_vec, [&](int64_t j, int u) { sum_x.acc[u] = sum_x.acc[u] + V::load(x + j); },
+      [&] { sum_x.flush_into(total_x); });
   double tail_x = 0.0;
   for (int64_t j = n_vec; j < n; ++j) tail_x += static_cast<double>(x[j]);
-  const double shift = (sum_x.total() + tail_x) / static_cast<double>(n);
+  const T shift = static_cast<T>((total_x.total() + tail_x) / count);
 
-  const Vec<double> shift_v = Vec<double>::broadcast(shift);
-  WideSum<T> sum_d = WideSum<T>::zero();
-  WideSum<T> sum_d2 = WideSum<T>::zero();
-  for (int64_t j = 0; j < n_vec; j += V::width) {
-    Wide<T> d = Wide<T>::of(V::load(x + j));
-    for (auto& part : d.part) part = part - shift_v;
-    sum_d.add(d);
-    sum_d2.add_square(d);
-  }
+  const V shift_v = V::broadcast(shift);
+  Chains<T> sum_d = Chains<T>::zero(), sum_d2 = Chains<T>::zero();
+  WideSum<T> total_d = WideSum<T>::zero(), total_d2 = WideSum<T>::zero();
+  blocked_loop<T>(
+      n_vec,
+      [&](int64_t j, int u) {
+        const V d = V::load(x + j) - shift_v;
+        sum_d.acc[u] = sum_d.acc[u] + d;
+        sum_d2.acc[u] = fmadd(d, d, sum_d2.acc[u]);
+      },
+      [&] {
+        sum_d.flush_into(total_d);
+        sum_d2.flush_into(total_d2);
+      });
   double tail_d = 0.0, tail_d2 = 0.0;
   for (int64_t j = n_vec; j < n; ++j) {
-    const double d = static_cast<double>(x[j]) - shift;
+    const double d = static_cast<double>(x[j] - shift);
     tail_d += d;
     tail_d2 += d * d;
   }
-  const double sd = sum_d.total() + tail_d;
-  const double sd2 = sum_d2.total() + tail_d2;
-  const double count = static_cast<double>(n);
-  return {count, shift + sd / count, sd2 - sd * sd / count};
+  const double sd = total_d.total() + tail_d;
+  const double sd2 = total_d2.total() + tail_d2;
+  return {count, static_cast<double>(shift) + sd / count, sd2 - sd * sd / count};
 }
 
 // Chan, Golub & LeVeque: moments of the union of two disjoint sets.
@@ -119,37 +130,39 @@ RowScale<T> row_scale(const Moments& m, double eps) {
 }
 
 // Scalar math: y = ((x - mean_hi) - mean_lo) * rstd * gamma + beta   (gamma, beta optional)
-template <class T, bool kGamma, bool kBeta>
+template <class T, bool kGamma, bool kBeta, bool kStream>
 void normalize_chunk(T* y, const T* x, const T* gamma, const T* beta, RowScale<T> s, int64_t n) {
   using V = Vec<T>;
-  const int64_t n_vec = n - n % V::width;
   const V hi = V::broadcast(s.mean_hi), lo = V::broadcast(s.mean_lo), r = V::broadcast(s.rstd);
-  for (int64_t j = 0; j < n_vec; j += V::width) {
-    V v = ((V::load(x + j) - hi) - lo) * r;
-    if constexpr (kGamma && kBeta) v = fmadd(v, V::load(gamma + j), V::load(beta + j));
-    if constexpr (kGamma && !kBeta) v = v * V::load(gamma + j);
-    if constexpr (!kGamma && kBeta) v = v + V::load(beta + j);
-    v.store(y + j);
-  }
-  for (int64_t j = n_vec; j < n; ++j) {
-    T v = ((x[j] - s.mean_hi) - s.mean_lo) * s.rstd;
-    if constexpr (kGamma && kBeta) v = fma_scalar(v, gamma[j], beta[j]);
-    if constexpr (kGamma && !kBeta) v = v * gamma[j];
-    if constexpr (!kGamma && kBeta) v = v + beta[j];
-    y[j] = v;
-  }
+  elementwise<T, kStream>(
+      y, n,
+      [&](int64_t j) {
+        V v = ((V::load(x + j) - hi) - lo) * r;
+        if constexpr (kGamma && kBeta) v = fmadd(v, V::load(gamma + j), V::load(beta + j));
+        if constexpr (kGamma && !kBeta) v = v * V::load(gamma + j);
+        if constexpr (!kGamma && kBeta) v = v + V::load(beta + j);
+        return v;
+      },
+      [&](int64_t j) {
+        T v = ((x[j] - s.mean_hi) - s.mean_lo) * s.rstd;
+        if constexpr (kGamma && kBeta) v = fma_scalar(v, gamma[j], beta[j]);
+        if constexpr (kGamma && !kBeta) v = v * gamma[j];
+        if constexpr (!kGamma && kBeta) v = v + beta[j];
+        return v;
+      });
 }
 
 // Normalizes columns [c0, c0 + n) of one row; gamma and beta are indexed by column.
-template <class T>
+template <class T, bool kStream>
 void normalize(T* y_row, const T* x_row, const T* gamma, const T* beta, RowScale<T> s,
                int64_t c0, int64_t n) {
   T* y = y_row + c0;
   const T* x = x_row + c0;
-  if (gamma && beta) return normalize_chunk<T, true, true>(y, x, gamma + c0, beta + c0, s, n);
-  if (gamma) return normalize_chunk<T, true, false>(y, x, gamma + c0, nullptr, s, n);
-  if (beta) return normalize_chunk<T, false, true>(y, x, nullptr, beta + c0, s, n);
-  normalize_chunk<T, false, false>(y, x, nullptr, nullptr, s, n);
+  if (gamma && beta)
+    return normalize_chunk<T, true, true, kStream>(y, x, gamma + c0, beta + c0, s, n);
+  if (gamma) return normalize_chunk<T, true, false, kStream>(y, x, gamma + c0, nullptr, s, n);
+  if (beta) return normalize_chunk<T, false, true, kStream>(y, x, nullptr, beta + c0, s, n);
+  normalize_chunk<T, false, false, kStream>(y, x, nullptr, nullptr, s, n);
 }
 
 Moments row_moments_from_chunks(const double* chunk_moments_row, int64_t n_chunks) {
@@ -170,64 +183,87 @@ struct GradSums {
 };
 
 // First backward pass over one chunk of a row; with kAffine also adds this row's dgamma/dbeta
-// contribution to the block's float64 partial rows dgamma_part/dbeta_part.
+// contribution to the partial rows dgamma_acc/dbeta_acc (in T, flushed to float64 every few
+// rows by flush_param_partials).
 // Scalar math: xhat = (x - mean) * rstd;  g = dy * gamma;
-//              sums += (g, g * xhat);  dgamma_part += dy * xhat;  dbeta_part += dy
+//              sums += (g, g * xhat);  dgamma_acc += dy * xhat;  dbeta_acc += dy
 template <class T, bool kAffine>
-GradSums chunk_grad_sums(double* dgamma_part, double* dbeta_part, const T* dy, const T* x,
-                         const T* gamma, T mean, T rstd, int64_t n) {
+GradSums chunk_grad_sums(T* dgamma_acc, T* dbeta_acc, const T* dy, const T* x, const T* gamma,
+                         T mean, T rstd, int64_t n) {
   using V = Vec<T>;
   const int64_t n_vec = n - n % V::width;
   const V mean_v = V::broadcast(mean), rstd_v = V::broadcast(rstd);
-  WideSum<T> sum_g = WideSum<T>::zero();
-  WideSum<T> sum_gx = WideSum<T>::zero();
-  for (int64_t j = 0; j < n_vec; j += V::width) {
-    const V xhat = (V::load(x + j) - mean_v) * rstd_v;
-    const V d = V::load(dy + j);
-    V g = d;
-    if constexpr (kAffine) {
-      g = d * V::load(gamma + j);
-      accumulate_wide(dgamma_part + j, d * xhat);
-      accumulate_wide(dbeta_part + j, d);
-    }
-    sum_g.add(Wide<T>::of(g));
-    sum_gx.add(Wide<T>::of(g * xhat));
-  }
+  Chains<T> sum_g = Chains<T>::zero(), sum_gx = Chains<T>::zero();
+  WideSum<T> total_g = WideSum<T>::zero(), total_gx = WideSum<T>::zero();
+  blocked_loop<T>(
+      n_vec,
+      [&](int64_t j, int u) {
+        const V xhat = (V::load(x + j) - mean_v) * rstd_v;
+        const V d = V::load(dy + j);
+        V g = d;
+        if constexpr (kAffine) {
+          g = d * V::load(gamma + j);
+          fmadd(d, xhat, V::load(dgamma_acc + j)).store(dgamma_acc + j);
+          (V::load(dbeta_acc + j) + d).store(dbeta_acc + j);
+        }
+        sum_g.acc[u] = sum_g.acc[u] + g;
+        sum_gx.acc[u] = fmadd(g, xhat, sum_gx.acc[u]);
+      },
+      [&] {
+        sum_g.flush_into(total_g);
+        sum_gx.flush_into(total_gx);
+      });
   double tail_g = 0.0, tail_gx = 0.0;
   for (int64_t j = n_vec; j < n; ++j) {
     const T xhat = (x[j] - mean) * rstd;
     T g = dy[j];
     if constexpr (kAffine) {
       g = dy[j] * gamma[j];
-      dgamma_part[j] += static_cast<double>(dy[j] * xhat);
-      dbeta_part[j] += static_cast<double>(dy[j]);
+      dgamma_acc[j] = fma_scalar(dy[j], xhat, dgamma_acc[j]);
+      dbeta_acc[j] += dy[j];
     }
     tail_g += static_cast<double>(g);
-    tail_gx += static_cast<double>(g * xhat);
+    tail_gx += static_cast<double>(g) * static_cast<double>(xhat);
   }
-  return {sum_g.total() + tail_g, sum_gx.total() + tail_gx};
+  return {total_g.total() + tail_g, total_gx.total() + tail_gx};
+}
+
+// part += acc (widened to float64); acc = 0.
+template <class T>
+void flush_param_partials(double* part, T* acc, int64_t n) {
+  using V = Vec<T>;
+  const int64_t n_vec = n - n % V::width;
+  for (int64_t j = 0; j < n_vec; j += V::width) {
+    accumulate_wide(part + j, V::load(acc + j));
+    V::broadcast(T(0)).store(acc + j);
+  }
+  for (int64_t j = n_vec; j < n; ++j) {
+    part[j] += static_cast<double>(acc[j]);
+    acc[j] = T(0);
+  }
 }
 
 // Scalar math: dx = rstd * (g - mean_g - xhat * mean_gxhat),  g = dy * gamma
-template <class T, bool kAffine>
+template <class T, bool kAffine, bool kStream>
 void chunk_dx(T* dx, const T* dy, const T* x, const T* gamma, T mean, T rstd, T mean_g,
               T mean_gxhat, int64_t n) {
   using V = Vec<T>;
-  const int64_t n_vec = n - n % V::width;
   const V mean_v = V::broadcast(mean), rstd_v = V::broadcast(rstd);
   const V mean_g_v = V::broadcast(mean_g), neg_mean_gx_v = V::broadcast(-mean_gxhat);
-  for (int64_t j = 0; j < n_vec; j += V::width) {
-    const V xhat = (V::load(x + j) - mean_v) * rstd_v;
-    V g = V::load(dy + j);
-    if constexpr (kAffine) g = g * V::load(gamma + j);
-    (fmadd(xhat, neg_mean_gx_v, g - mean_g_v) * rstd_v).store(dx + j);
-  }
-  for (int64_t j = n_vec; j < n; ++j) {
-    const T xhat = (x[j] - mean) * rstd;
-    T g = dy[j];
-    if constexpr (kAffine) g = g * gamma[j];
-    dx[j] = fma_scalar(xhat, -mean_gxhat, g - mean_g) * rstd;
-  }
+  elementwise<T, kStream>(
+      dx, n,
+      [&](int64_t j) {
+        const V xhat = (V::load(x + j) - mean_v) * rstd_v;
+        V g = V::load(dy + j);
+        if constexpr (kAffine) g = g * V::load(gamma + j);
+        return fmadd(xhat, neg_mean_gx_v, g - mean_g_v) * rstd_v;
+      },
+      [&](int64_t j) {
+        const T xhat = (x[j] - mean) * rstd;
+        T g = dy[j];
+        if constexpr (kAffine) g = g * gamma[j];
+        return fma_scalar(xhat, -mean_gxhat, g - mean_g) * rstd;
+      });
 }
 
 template <class T>
@@ -242,21 +278,37 @@ struct BackwardArgs {
   double* dbeta_part;
 };
 
+// Rows whose dgamma/dbeta contributions are summed in T before going to the float64 partials.
+constexpr int64_t kRowsPerFlush = 4;
+
+bool flush_due(const Plan& p, int64_t block, int64_t row) {
+  return (row - p.block_begin(block) + 1) % kRowsPerFlush == 0 || row + 1 == p.block_end(block);
+}
+
+// acc_g/acc_b: the task's T accumulators for this chunk's columns.
 template <class T>
-GradSums grad_sums(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t chunk,
-                   int64_t block) {
+GradSums grad_sums(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t chunk, T* acc_g,
+                   T* acc_b) {
   const int64_t c0 = p.chunk_begin(chunk), n = p.chunk_size(chunk);
   const int64_t off = row * p.cols + c0;
-  if (a.gamma) {
-    const int64_t part = block * p.cols + c0;
-    return chunk_grad_sums<T, true>(a.dgamma_part + part, a.dbeta_part + part, a.dy + off,
-                                    a.x + off, a.gamma + c0, a.mean[row], a.rstd[row], n);
-  }
+  if (a.gamma)
+    return chunk_grad_sums<T, true>(acc_g, acc_b, a.dy + off, a.x + off, a.gamma + c0,
+                                    a.mean[row], a.rstd[row], n);
   return chunk_grad_sums<T, false>(nullptr, nullptr, a.dy + off, a.x + off, nullptr,
                                    a.mean[row], a.rstd[row], n);
 }
 
+// A zeroed scratch array of n values of T for one task.
 template <class T>
+struct TaskBuffer {
+  Workspace ws;
+  explicit TaskBuffer(int64_t n) : ws(static_cast<std::size_t>((n * int64_t{sizeof(T)} + 7) / 8)) {
+    for (int64_t j = 0; j < n; ++j) data()[j] = T(0);
+  }
+  T* data() const { return reinterpret_cast<T*>(ws.data()); }
+};
+
+template <class T, bool kStream>
 void dx_chunk(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t chunk,
               const GradSums& row_sums) {
   const int64_t c0 = p.chunk_begin(chunk), n = p.chunk_size(chunk);
@@ -265,11 +317,11 @@ void dx_chunk(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t chun
   const T mean_g = static_cast<T>(row_sums.g / count);
   const T mean_gx = static_cast<T>(row_sums.g_xhat / count);
   if (a.gamma)
-    chunk_dx<T, true>(a.dx + off, a.dy + off, a.x + off, a.gamma + c0, a.mean[row], a.rstd[row],
-                      mean_g, mean_gx, n);
+    chunk_dx<T, true, kStream>(a.dx + off, a.dy + off, a.x + off, a.gamma + c0, a.mean[row],
+                               a.rstd[row], mean_g, mean_gx, n);
   else
-    chunk_dx<T, false>(a.dx + off, a.dy + off, a.x + off, nullptr, a.mean[row], a.rstd[row],
-                       mean_g, mean_gx, n);
+    chunk_dx<T, false, kStream>(a.dx + off, a.dy + off, a.x + off, nullptr, a.mean[row],
+                                a.rstd[row], mean_g, mean_gx, n);
 }
 
 void zero(double* p, int64_t n) {
@@ -301,12 +353,17 @@ void reduce_param_grads(T* dgamma, T* dbeta, const double* dgamma_part,
   });
 }
 
-}  // namespace
+// Outputs at least this large are written with streaming stores: they cannot stay in cache.
+constexpr int64_t kStreamBytes = int64_t{8} << 20;
 
 template <class T>
-void layer_norm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
-                        int64_t rows, int64_t cols, double eps) {
-  if (rows <= 0 || cols <= 0) return;
+bool stream_output(int64_t rows, int64_t cols) {
+  return rows * cols * int64_t{sizeof(T)} >= kStreamBytes;
+}
+
+template <class T, bool kStream>
+void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+                  int64_t rows, int64_t cols, double eps) {
   const Plan p(rows, cols);
 
   auto finish_row = [&](int64_t i, const RowScale<T>& s) {
@@ -323,8 +380,9 @@ void layer_norm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, cons
           m = merge(m, chunk_moments(xi + p.chunk_begin(c), p.chunk_size(c)));
         const RowScale<T> s = row_scale<T>(m, eps);
         finish_row(i, s);
-        normalize(y + i * cols, xi, gamma, beta, s, 0, cols);
+        normalize<T, kStream>(y + i * cols, xi, gamma, beta, s, 0, cols);
       }
+      if constexpr (kStream) stream_fence();
     });
     return;
   }
@@ -353,24 +411,18 @@ void layer_norm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, cons
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i = t / p.n_chunks, c = t % p.n_chunks;
       const Moments m{static_cast<double>(cols), row_stats[2 * i], row_stats[2 * i + 1]};
-      normalize(y + i * cols, x + i * cols, gamma, beta, row_scale<T>(m, eps), p.chunk_begin(c),
-                p.chunk_size(c));
+      normalize<T, kStream>(y + i * cols, x + i * cols, gamma, beta, row_scale<T>(m, eps),
+                            p.chunk_begin(c), p.chunk_size(c));
     }
+    if constexpr (kStream) stream_fence();
   });
 }
 
-template <class T>
-void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
-                         const T* rstd, const T* gamma, int64_t rows, int64_t cols) {
-  if (cols <= 0) return;
+template <class T, bool kStream>
+void backward_impl(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
+                   const T* rstd, const T* gamma, int64_t rows, int64_t cols) {
   const Plan p(rows, cols);
   const bool affine = gamma != nullptr;
-  if (rows <= 0) {
-    if (affine) {
-      for (int64_t j = 0; j < cols; ++j) dgamma[j] = dbeta[j] = T(0);
-    }
-    return;
-  }
 
   Workspace parts(affine ? static_cast<std::size_t>(2 * p.n_blocks * cols) : 0);
   BackwardArgs<T> a{dx, dy, x, mean, rstd, gamma, parts.data(),
@@ -378,6 +430,9 @@ void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
 
   if (p.rows_in_parallel(p.n_blocks)) {
     parallel_for(p.n_blocks, p.rows_per_block * cols, [&](int64_t b0, int64_t b1) {
+      TaskBuffer<T> acc(affine ? 2 * cols : 0);
+      T* acc_g = acc.data();
+      T* acc_b = acc_g + cols;
       for (int64_t b = b0; b < b1; ++b) {
         if (affine) {
           zero(a.dgamma_part + b * cols, cols);
@@ -386,29 +441,43 @@ void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
         for (int64_t i = p.block_begin(b); i < p.block_end(b); ++i) {
           GradSums row{0.0, 0.0};
           for (int64_t c = 0; c < p.n_chunks; ++c) {
-            const GradSums s = grad_sums(a, p, i, c, b);
+            const int64_t c0 = p.chunk_begin(c);
+            const GradSums s = grad_sums(a, p, i, c, acc_g + c0, acc_b + c0);
             row.g += s.g;
             row.g_xhat += s.g_xhat;
           }
-          for (int64_t c = 0; c < p.n_chunks; ++c) dx_chunk(a, p, i, c, row);
+          if (affine && flush_due(p, b, i)) {
+            flush_param_partials(a.dgamma_part + b * cols, acc_g, cols);
+            flush_param_partials(a.dbeta_part + b * cols, acc_b, cols);
+          }
+          for (int64_t c = 0; c < p.n_chunks; ++c) dx_chunk<T, kStream>(a, p, i, c, row);
         }
       }
+      if constexpr (kStream) stream_fence();
     });
   } else {
     // Few rows: split each block's rows by chunk as well; same sums, same order.
     Workspace ws(static_cast<std::size_t>(2 * rows * p.n_chunks));
     double* sums = ws.data();  // (rows, n_chunks, 2)
     parallel_for(p.n_blocks * p.n_chunks, p.rows_per_block * kChunk, [&](int64_t t0, int64_t t1) {
+      TaskBuffer<T> acc(affine ? 2 * kChunk : 0);
+      T* acc_g = acc.data();
+      T* acc_b = acc_g + kChunk;
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b = t / p.n_chunks, c = t % p.n_chunks;
+        const int64_t c0 = p.chunk_begin(c), n = p.chunk_size(c);
         if (affine) {
-          zero(a.dgamma_part + b * cols + p.chunk_begin(c), p.chunk_size(c));
-          zero(a.dbeta_part + b * cols + p.chunk_begin(c), p.chunk_size(c));
+          zero(a.dgamma_part + b * cols + c0, n);
+          zero(a.dbeta_part + b * cols + c0, n);
         }
         for (int64_t i = p.block_begin(b); i < p.block_end(b); ++i) {
-          const GradSums s = grad_sums(a, p, i, c, b);
+          const GradSums s = grad_sums(a, p, i, c, acc_g, acc_b);
           sums[2 * (i * p.n_chunks + c)] = s.g;
           sums[2 * (i * p.n_chunks + c) + 1] = s.g_xhat;
+          if (affine && flush_due(p, b, i)) {
+            flush_param_partials(a.dgamma_part + b * cols + c0, acc_g, n);
+            flush_param_partials(a.dbeta_part + b * cols + c0, acc_b, n);
+          }
         }
       }
     });
@@ -420,12 +489,41 @@ void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
           row.g += sums[2 * (i * p.n_chunks + k)];
           row.g_xhat += sums[2 * (i * p.n_chunks + k) + 1];
         }
-        dx_chunk(a, p, i, c, row);
+        dx_chunk<T, kStream>(a, p, i, c, row);
       }
+      if constexpr (kStream) stream_fence();
     });
   }
 
   if (affine) reduce_param_grads(dgamma, dbeta, a.dgamma_part, a.dbeta_part, p);
+}
+
+}  // namespace
+
+template <class T>
+void layer_norm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+                        int64_t rows, int64_t cols, double eps) {
+  if (rows <= 0 || cols <= 0) return;
+  if (stream_output<T>(rows, cols))
+    forward_impl<T, true>(y, mean, rstd, x, gamma, beta, rows, cols, eps);
+  else
+    forward_impl<T, false>(y, mean, rstd, x, gamma, beta, rows, cols, eps);
+}
+
+template <class T>
+void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
+                         const T* rstd, const T* gamma, int64_t rows, int64_t cols) {
+  if (cols <= 0) return;
+  if (rows <= 0) {
+    if (gamma) {
+      for (int64_t j = 0; j < cols; ++j) dgamma[j] = dbeta[j] = T(0);
+    }
+    return;
+  }
+  if (stream_output<T>(rows, cols))
+    backward_impl<T, true>(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, rows, cols);
+  else
+    backward_impl<T, false>(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, rows, cols);
 }
 
 template void layer_norm_forward<float>(float*, float*, float*, const float*, const float*,

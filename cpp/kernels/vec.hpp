@@ -28,6 +28,7 @@ struct Vec<float> {
   static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
   static Vec broadcast(float a) { return {_mm512_set1_ps(a)}; }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
+  void stream(float* p) const { _mm512_stream_ps(p, v); }  // p 64-byte aligned
 };
 template <>
 struct Vec<double> {
@@ -36,6 +37,7 @@ struct Vec<double> {
   static Vec load(const double* p) { return {_mm512_loadu_pd(p)}; }
   static Vec broadcast(double a) { return {_mm512_set1_pd(a)}; }
   void store(double* p) const { _mm512_storeu_pd(p, v); }
+  void stream(double* p) const { _mm512_stream_pd(p, v); }
 };
 inline Vec<float> operator+(Vec<float> a, Vec<float> b) { return {_mm512_add_ps(a.v, b.v)}; }
 inline Vec<float> operator-(Vec<float> a, Vec<float> b) { return {_mm512_sub_ps(a.v, b.v)}; }
@@ -63,6 +65,7 @@ struct Vec<float> {
   static Vec load(const float* p) { return {_mm256_loadu_ps(p)}; }
   static Vec broadcast(float a) { return {_mm256_set1_ps(a)}; }
   void store(float* p) const { _mm256_storeu_ps(p, v); }
+  void stream(float* p) const { _mm256_stream_ps(p, v); }  // p 32-byte aligned
 };
 template <>
 struct Vec<double> {
@@ -71,6 +74,7 @@ struct Vec<double> {
   static Vec load(const double* p) { return {_mm256_loadu_pd(p)}; }
   static Vec broadcast(double a) { return {_mm256_set1_pd(a)}; }
   void store(double* p) const { _mm256_storeu_pd(p, v); }
+  void stream(double* p) const { _mm256_stream_pd(p, v); }
 };
 inline Vec<float> operator+(Vec<float> a, Vec<float> b) { return {_mm256_add_ps(a.v, b.v)}; }
 inline Vec<float> operator-(Vec<float> a, Vec<float> b) { return {_mm256_sub_ps(a.v, b.v)}; }
@@ -98,6 +102,7 @@ struct Vec<float> {
   static Vec load(const float* p) { return {_mm_loadu_ps(p)}; }
   static Vec broadcast(float a) { return {_mm_set1_ps(a)}; }
   void store(float* p) const { _mm_storeu_ps(p, v); }
+  void stream(float* p) const { _mm_stream_ps(p, v); }  // p 16-byte aligned
 };
 template <>
 struct Vec<double> {
@@ -106,6 +111,7 @@ struct Vec<double> {
   static Vec load(const double* p) { return {_mm_loadu_pd(p)}; }
   static Vec broadcast(double a) { return {_mm_set1_pd(a)}; }
   void store(double* p) const { _mm_storeu_pd(p, v); }
+  void stream(double* p) const { _mm_stream_pd(p, v); }
 };
 inline Vec<float> operator+(Vec<float> a, Vec<float> b) { return {_mm_add_ps(a.v, b.v)}; }
 inline Vec<float> operator-(Vec<float> a, Vec<float> b) { return {_mm_sub_ps(a.v, b.v)}; }
@@ -128,6 +134,7 @@ struct Vec {
   static Vec load(const T* p) { return {*p}; }
   static Vec broadcast(T a) { return {a}; }
   void store(T* p) const { *p = v; }
+  void stream(T* p) const { *p = v; }
 };
 template <class T>
 inline Vec<T> operator+(Vec<T> a, Vec<T> b) { return {a.v + b.v}; }
@@ -142,6 +149,13 @@ inline Vec<double> widen_lo(Vec<float> a) { return {static_cast<double>(a.v)}; }
 inline Vec<double> widen_hi(Vec<float> a) { return {static_cast<double>(a.v)}; }
 
 #endif
+
+// Orders this thread's streaming (non-temporal) stores before anything it does next.
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
 
 // Scalar a * b + c for tails: fused where the ISA has FMA, like the vector fmadd.
 template <class T>
@@ -195,16 +209,53 @@ struct WideSum {
   void add(Wide<T> a) {
     for (int k = 0; k < Wide<T>::parts; ++k) part[k] = part[k] + a.part[k];
   }
-  // sum += a * a, squared in float64
-  void add_square(Wide<T> a) {
-    for (int k = 0; k < Wide<T>::parts; ++k) part[k] = fmadd(a.part[k], a.part[k], part[k]);
-  }
   double total() const {
     Vec<double> s = part[0];
     for (int k = 1; k < Wide<T>::parts; ++k) s = s + part[k];
     return reduce_add(s);
   }
 };
+
+// Blocked summation: kChains independent Vec<T> partial sums hide the add latency; each lane
+// of a chain takes at most kTermsPerLane terms before the chains are added into a float64
+// WideSum. float32 sums thus round in float32 over only a few terms, at float32 speed.
+constexpr int kChains = 4;
+constexpr int kTermsPerLane = 4;
+
+template <class T>
+struct Chains {
+  Vec<T> acc[kChains];
+
+  static Chains zero() {
+    Chains c;
+    for (auto& a : c.acc) a = Vec<T>::broadcast(T(0));
+    return c;
+  }
+  // total += sum of the chains, in chain order; the chains restart at zero.
+  void flush_into(WideSum<T>& total) {
+    for (auto& a : acc) {
+      total.add(Wide<T>::of(a));
+      a = Vec<T>::broadcast(T(0));
+    }
+  }
+};
+
+// Calls step(j, u) for each full vector j in [0, n_vec) (n_vec a multiple of the width), u being
+// the chain to accumulate into, then flush() after every block of kChains * kTermsPerLane
+// vectors and after the last one. The order depends on n_vec only.
+template <class T, class Step, class Flush>
+inline void blocked_loop(int64_t n_vec, const Step& step, const Flush& flush) {
+  constexpr int64_t W = Vec<T>::width;
+  constexpr int64_t kBlock = kChains * kTermsPerLane * W;
+  for (int64_t j0 = 0; j0 < n_vec; j0 += kBlock) {
+    const int64_t j1 = j0 + kBlock < n_vec ? j0 + kBlock : n_vec;
+    int64_t j = j0;
+    for (; j + kChains * W <= j1; j += kChains * W)
+      for (int u = 0; u < kChains; ++u) step(j + u * W, u);
+    for (; j < j1; j += W) step(j, 0);
+    flush();
+  }
+}
 
 // p[0 .. Vec<T>::width) += a, in float64 (a row of per-block parameter-gradient partials).
 template <class T>
@@ -214,6 +265,30 @@ inline void accumulate_wide(double* p, Vec<T> a) {
     double* q = p + k * Vec<double>::width;
     (Vec<double>::load(q) + w.part[k]).store(q);
   }
+}
+
+// out[j] = f(j) for j in [0, n): vector_fn(j) -> Vec<T> for full vectors, scalar_fn(j) -> T
+// for the ends; both must compute the same value. With kStream the vector stores bypass the
+// cache (for outputs too large to stay there; saves the read-for-ownership of each line), after
+// a scalar head that aligns them; call stream_fence() once the task is done.
+template <class T, bool kStream, class VectorFn, class ScalarFn>
+inline void elementwise(T* out, int64_t n, const VectorFn& vector_fn, const ScalarFn& scalar_fn) {
+  using V = Vec<T>;
+  constexpr int64_t kBytes = V::width * int64_t{sizeof(T)};
+  const int64_t misalign = static_cast<int64_t>(reinterpret_cast<std::uintptr_t>(out) % kBytes);
+  // Streaming needs aligned vectors: possible unless out is not even aligned to T.
+  const bool stream = kStream && misalign % int64_t{sizeof(T)} == 0;
+  int64_t head = 0;
+  if (stream && misalign != 0) head = (kBytes - misalign) / int64_t{sizeof(T)};
+  if (head > n) head = n;
+  for (int64_t j = 0; j < head; ++j) out[j] = scalar_fn(j);
+  const int64_t n_vec = head + (n - head) / V::width * V::width;
+  if (stream) {
+    for (int64_t j = head; j < n_vec; j += V::width) vector_fn(j).stream(out + j);
+  } else {
+    for (int64_t j = head; j < n_vec; j += V::width) vector_fn(j).store(out + j);
+  }
+  for (int64_t j = n_vec; j < n; ++j) out[j] = scalar_fn(j);
 }
 
 }  // namespace NORMKIT_CPU_NS

@@ -1,0 +1,85 @@
+"""Compact correctness checks, importable from tests and runnable in a subprocess
+(``python -c "import checks; checks.run_all()"``) under a forced ISA or under qemu."""
+
+import numpy as np
+
+import normkit
+from normkit import reference
+
+# Tolerances relative to the scale of each output. float32 results are checked against a
+# float64 reference; float64 results against an extended-precision (np.longdouble) one.
+RTOL = {np.float32: 2e-6, np.float64: 1e-13}
+
+
+def _wide(a):
+    return None if a is None else np.asarray(a, np.longdouble)
+
+
+def ref_forward(x, gamma, beta, eps=1e-5, axis=-1):
+    return reference.layer_norm_forward(_wide(x), _wide(gamma), _wide(beta), eps=eps, axis=axis)
+
+
+def ref_backward(dy, x, mean, rstd, gamma, axis=-1):
+    return reference.layer_norm_backward(
+        _wide(dy), _wide(x), _wide(mean), _wide(rstd), _wide(gamma), axis
+    )
+
+
+def y_scale(y_ref, mean_ref, rstd_ref, dtype):
+    """Scale for comparing y: at least 1 (y is O(1)). A float64 mean can only be held to half an
+    ulp, which moves y by up to ulp(mean) * rstd; this is the conditioning of float64 output
+    on large-mean data, so the float64 scale grows by |mean| * rstd. float32 output keeps the
+    mean as a float64 split into two floats and has no such term."""
+    scale = max(1.0, float(np.abs(y_ref).max(initial=0.0)))
+    if dtype == np.float64:
+        scale *= 1.0 + float(np.max(np.abs(mean_ref) * rstd_ref, initial=0.0))
+    return scale
+
+
+def assert_close(actual, expected, dtype, what, scale=None):
+    actual = np.asarray(actual, np.longdouble)
+    expected = np.asarray(expected, np.longdouble)
+    scale = float(np.max(np.abs(expected), initial=0.0)) if scale is None else scale
+    scale = max(scale, 1e-300)
+    err = float(np.max(np.abs(actual - expected))) / scale if actual.size else 0.0
+    assert err <= RTOL[dtype], f"{what}: relative error {err:.3g} > {RTOL[dtype]:.1g}"
+
+
+def check_layer_norm(shape, dtype, mean_offset=0.0, affine=True, seed=0):
+    rng = np.random.default_rng(seed)
+    d = shape[-1]
+    x = (rng.standard_normal(shape) + mean_offset).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.standard_normal(d).astype(dtype) if affine else None
+    beta = rng.standard_normal(d).astype(dtype) if affine else None
+
+    y, mean, rstd = normkit.layer_norm_forward(x, gamma, beta)
+    y_ref, mean_ref, rstd_ref = ref_forward(x, gamma, beta)
+    scale = y_scale(y_ref, mean_ref, rstd_ref, dtype)
+    assert_close(y, y_ref, dtype, f"y {shape} {dtype.__name__}", scale=scale)
+    assert_close(mean, mean_ref, dtype, "mean")
+    assert_close(rstd, rstd_ref, dtype, "rstd")
+
+    dx, dgamma, dbeta = normkit.layer_norm_backward(dy, x, mean, rstd, gamma)
+    # The backward is checked at the statistics it was given (those of the forward).
+    dx_ref, dgamma_ref, dbeta_ref = ref_backward(dy, x, mean, rstd, gamma)
+    assert_close(dx, dx_ref, dtype, f"dx {shape} {dtype.__name__}")
+    if affine:
+        assert_close(dgamma, dgamma_ref, dtype, "dgamma")
+        assert_close(dbeta, dbeta_ref, dtype, "dbeta")
+    else:
+        assert dgamma is None and dbeta is None
+
+
+SMALL_CASES = [(4, 1), (3, 7), (5, 17), (2, 33), (3, 4099), (1, 65537), (300, 16)]
+
+
+def run_all(expected_isa=None):
+    if expected_isa is not None:
+        active = normkit.info()["isa"]
+        assert active == expected_isa, f"active ISA {active}, expected {expected_isa}"
+    for shape in SMALL_CASES:
+        for dtype in (np.float32, np.float64):
+            for offset in (0.0, 1e4):
+                check_layer_norm(shape, dtype, mean_offset=offset)
+    print("ok", normkit.info()["isa"])

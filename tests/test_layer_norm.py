@@ -1,0 +1,261 @@
+"""LayerNorm against the reference, finite differences, layouts, threads and ISAs."""
+
+import threading
+
+import numpy as np
+import pytest
+from checks import assert_close, check_layer_norm, ref_backward, ref_forward, y_scale
+
+import normkit
+
+WIDTHS = [1, 3, 7, 15, 16, 17, 31, 33, 1000, 4099, 65537]
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("offset", [0.0, 1e4], ids=["mean0", "mean1e4"])
+def test_matches_reference(isa, width, dtype, offset):
+    rows = 5 if width <= 4099 else 2
+    check_layer_norm((rows, width), dtype, mean_offset=offset)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(65536, 128), (1, 262144), (3, 70001)], ids=str)
+def test_tall_and_wide_shapes(isa, shape, dtype):
+    check_layer_norm(shape, dtype, mean_offset=3.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_without_affine(isa, dtype):
+    check_layer_norm((9, 45), dtype, affine=False)
+
+
+@pytest.mark.parametrize("which", ["gamma", "beta"])
+def test_gamma_only_or_beta_only(rng, which):
+    x = rng.standard_normal((6, 19))
+    p = rng.standard_normal(19)
+    gamma, beta = (p, None) if which == "gamma" else (None, p)
+    y = normkit.layer_norm(x, gamma, beta)
+    y_ref = ref_forward(x, gamma, beta)[0]
+    assert_close(y, y_ref, np.float64, "y")
+
+
+def test_large_mean_float32_beats_naive_numpy(rng):
+    # float32 data at mean 1e4, std 1: a float32 NumPy computation loses digits, normkit does not.
+    x = (1e4 + rng.standard_normal((64, 1024))).astype(np.float32)
+    y = normkit.layer_norm(x)
+    y_ref = ref_forward(x, None, None)[0]
+    err = np.abs(y - y_ref).max()
+    naive = normkit.reference.layer_norm_forward(x)[0]
+    assert err < 2e-6
+    assert np.abs(naive - y_ref).max() > 10 * err
+
+
+def test_multiple_trailing_axes(rng):
+    x = rng.standard_normal((2, 3, 4, 5))
+    gamma, beta = rng.standard_normal((4, 5)), rng.standard_normal((4, 5))
+    y, mean, rstd = normkit.layer_norm_forward(x, gamma, beta, axis=(-2, -1))
+    assert mean.shape == rstd.shape == (2, 3)
+    y_ref, mean_ref, _ = ref_forward(x, gamma, beta, axis=(2, 3))
+    assert_close(y, y_ref, np.float64, "y")
+    assert_close(mean, mean_ref, np.float64, "mean")
+    # Same result as flattening the normalized axes.
+    y_flat = normkit.layer_norm(x.reshape(2, 3, 20), gamma.ravel(), beta.ravel())
+    np.testing.assert_array_equal(y, y_flat.reshape(x.shape))
+    dy = rng.standard_normal(x.shape)
+    dx, dgamma, dbeta = normkit.layer_norm_backward(dy, x, mean, rstd, gamma, axis=(2, 3))
+    dx_ref, dgamma_ref, dbeta_ref = ref_backward(dy, x, mean, rstd, gamma, axis=(2, 3))
+    assert dgamma.shape == dbeta.shape == (4, 5)
+    assert_close(dx, dx_ref, np.float64, "dx")
+    assert_close(dgamma, dgamma_ref, np.float64, "dgamma")
+    assert_close(dbeta, dbeta_ref, np.float64, "dbeta")
+
+
+def test_whole_array_axis_gives_scalar_statistics(rng):
+    x = rng.standard_normal(10)
+    y, mean, rstd = normkit.layer_norm_forward(x)
+    assert mean.shape == () and rstd.shape == ()
+    assert_close(mean, np.mean(x), np.float64, "mean")
+
+
+def _numeric_grad(f, a, h=1e-6):
+    grad = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        up = f()
+        flat[i] = old - h
+        down = f()
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 17), (1, 33), (4, 1)], ids=str)
+def test_backward_matches_finite_differences(isa, rng, shape):
+    x = rng.standard_normal(shape) * 2 + 5
+    gamma, beta = rng.standard_normal(shape[-1]), rng.standard_normal(shape[-1])
+    w = rng.standard_normal(shape)  # loss = sum(w * y), so dy = w
+
+    def loss():
+        return float(np.sum(w * normkit.layer_norm(x, gamma, beta)))
+
+    _, mean, rstd = normkit.layer_norm_forward(x, gamma, beta)
+    dx, dgamma, dbeta = normkit.layer_norm_backward(w, x, mean, rstd, gamma)
+    np.testing.assert_allclose(dx, _numeric_grad(loss, x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dgamma, _numeric_grad(loss, gamma), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dbeta, _numeric_grad(loss, beta), rtol=1e-5, atol=1e-7)
+
+
+LAYOUTS = {
+    "strided": lambda a: a[:, ::2],
+    "fortran": lambda a: np.asfortranarray(a[:, : a.shape[1] // 2]),
+    "negative": lambda a: a[::-1, ::-2],
+    "transposed": lambda a: a.T[: a.shape[1] // 2, :].T,
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_non_contiguous_inputs(rng, layout):
+    base = rng.standard_normal((37, 66))
+    x = LAYOUTS[layout](base)
+    assert not x.flags.c_contiguous
+    d = x.shape[-1]
+    gamma = rng.standard_normal(2 * d)[::2]
+    beta = rng.standard_normal(d)
+    dy = LAYOUTS[layout](rng.standard_normal((37, 66)))
+    y, mean, rstd = normkit.layer_norm_forward(x, gamma, beta)
+    expected = normkit.layer_norm_forward(np.ascontiguousarray(x), gamma.copy(), beta)
+    for a, b in zip((y, mean, rstd), expected):
+        np.testing.assert_array_equal(a, b)
+    grads = normkit.layer_norm_backward(dy, x, mean, rstd, gamma)
+    expected = normkit.layer_norm_backward(np.ascontiguousarray(dy), x.copy(), mean, rstd, gamma)
+    for a, b in zip(grads, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_inputs_are_not_modified(rng):
+    x, dy = rng.standard_normal((8, 9)), rng.standard_normal((8, 9))
+    gamma, beta = rng.standard_normal(9), rng.standard_normal(9)
+    arrays = [x, dy, gamma, beta]
+    copies = [a.copy() for a in arrays]
+    _, mean, rstd = normkit.layer_norm_forward(x, gamma, beta)
+    saved = [mean.copy(), rstd.copy()]
+    normkit.layer_norm_backward(dy, x, mean, rstd, gamma)
+    for a, c in zip(arrays + [mean, rstd], copies + saved):
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_out_and_in_place(rng, dtype):
+    x = rng.standard_normal((50, 70)).astype(dtype)
+    gamma, beta = rng.standard_normal(70).astype(dtype), rng.standard_normal(70).astype(dtype)
+    expected = normkit.layer_norm(x, gamma, beta)
+    out = np.empty_like(x)
+    assert normkit.layer_norm(x, gamma, beta, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    inplace = x.copy()
+    assert normkit.layer_norm(inplace, gamma, beta, out=inplace) is inplace
+    np.testing.assert_array_equal(inplace, expected)
+
+
+def test_out_overlapping_x_partially(rng):
+    buf = rng.standard_normal(11 * 40)
+    x = buf[:400].reshape(10, 40)
+    expected = normkit.layer_norm(x.copy())
+    out = buf[40:].reshape(10, 40)  # overlaps x shifted by one row
+    normkit.layer_norm(x, out=out)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_nan_and_inf_stay_in_their_row(rng):
+    x = rng.standard_normal((4, 33))
+    x[1, 5] = np.nan
+    x[2, 7] = np.inf
+    y, mean, rstd = normkit.layer_norm_forward(x)
+    assert np.isnan(y[1]).all() and np.isnan(mean[1])
+    assert not np.isfinite(y[2]).all()
+    clean = normkit.layer_norm(x[[0, 3]])
+    np.testing.assert_array_equal(y[[0, 3]], clean)
+    dx, _, _ = normkit.layer_norm_backward(np.ones_like(x), x, mean, rstd)
+    assert np.isfinite(dx[[0, 3]]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_rows(dtype):
+    x = np.empty((0, 5), dtype)
+    gamma = np.ones(5, dtype)
+    y, mean, rstd = normkit.layer_norm_forward(x, gamma, gamma)
+    assert y.shape == (0, 5) and mean.shape == (0,) and y.dtype == dtype
+    dx, dgamma, dbeta = normkit.layer_norm_backward(x, x, mean, rstd, gamma)
+    assert dx.shape == (0, 5)
+    np.testing.assert_array_equal(dgamma, np.zeros(5))
+    np.testing.assert_array_equal(dbeta, np.zeros(5))
+
+
+def test_constant_rows_are_zero_and_finite():
+    x = np.full((3, 8), 7.0, np.float32)
+    y = normkit.layer_norm(x)
+    np.testing.assert_array_equal(y, np.zeros_like(x))
+
+
+def test_eps_is_used(rng):
+    x = rng.standard_normal((3, 10))
+    _, _, rstd = normkit.layer_norm_forward(x, eps=0.5)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(x.var(axis=-1) + 0.5), rtol=1e-14)
+
+
+def test_output_dtype_follows_input(rng):
+    for dtype in DTYPES:
+        x = rng.standard_normal((3, 4)).astype(dtype)
+        y, mean, rstd = normkit.layer_norm_forward(x)
+        assert y.dtype == mean.dtype == rstd.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "shape", [(1, 262144), (3, 100003), (3000, 129), (300, 4097), (70000, 3)], ids=str
+)
+def test_threads_give_bitwise_identical_results(isa, shape, dtype):
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(shape) * 3 + 100).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.standard_normal(shape[-1]).astype(dtype)
+    beta = rng.standard_normal(shape[-1]).astype(dtype)
+    before = normkit.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            normkit.set_num_threads(n)
+            y, mean, rstd = normkit.layer_norm_forward(x, gamma, beta)
+            results.append((y, mean, rstd, *normkit.layer_norm_backward(dy, x, mean, rstd, gamma)))
+    finally:
+        normkit.set_num_threads(before)
+    for a, b in zip(*results):
+        assert np.array_equal(a, b), "1 and 2 threads differ"
+
+
+def test_concurrent_python_threads(rng):
+    xs = [rng.standard_normal((257, 300)).astype(np.float32) for _ in range(4)]
+    expected = [normkit.layer_norm(x) for x in xs]
+    results = [None] * len(xs)
+
+    def work(i):
+        for _ in range(20):
+            results[i] = normkit.layer_norm(xs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r, e in zip(results, expected):
+        np.testing.assert_array_equal(r, e)
+
+
+def test_y_scale_condition_term_only_for_float64():
+    y = np.ones(3)
+    assert y_scale(y, np.array([1e4]), np.array([1.0]), np.float32) == 1.0
+    assert y_scale(y, np.array([1e4]), np.array([1.0]), np.float64) == 1.0 + 1e4
