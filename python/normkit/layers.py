@@ -124,6 +124,8 @@ class LayerNorm(Module):
 
     def forward(self, x):
         x = _checks.float_array(x, "x")
+        if x.dtype != self.dtype:
+            raise TypeError(f"x: expected dtype {self.dtype} (the layer's dtype), got {x.dtype}")
         k = len(self.normalized_shape)
         if x.shape[x.ndim - k :] != self.normalized_shape or x.ndim < k:
             raise ValueError(

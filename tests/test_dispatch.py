@@ -1,0 +1,99 @@
+"""ISA dispatch (NORMKIT_ISA), thread control and info(), checked in fresh interpreters."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import ISAS, run_python
+
+import normkit
+
+CHECK = "import checks; checks.run_all(expected_isa={isa!r})"
+
+
+def test_info_fields():
+    info = normkit.info()
+    assert set(info) >= {"version", "isa", "isa_available", "num_threads", "openmp"}
+    assert info["isa"] in info["isa_available"]
+    assert info["isa_available"][0] == "baseline"
+    assert info["version"] == normkit.__version__
+    assert isinstance(info["openmp"], bool)
+
+
+def test_auto_picks_the_best_available():
+    result = run_python(CHECK.format(isa=ISAS[-1]), {"NORMKIT_ISA": "auto"})
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_forced_isa_runs_and_is_correct(isa):
+    result = run_python(CHECK.format(isa=isa), {"NORMKIT_ISA": isa})
+    assert result.returncode == 0, result.stderr
+    assert f"ok {isa}" in result.stdout
+
+
+def test_unknown_isa_fails_at_import():
+    result = run_python("import normkit", {"NORMKIT_ISA": "sse9"})
+    assert result.returncode != 0
+    assert "unknown ISA 'sse9'" in result.stderr
+    assert "baseline" in result.stderr  # says what is available
+
+
+def test_omp_num_threads_sets_the_default():
+    code = "import normkit; print(normkit.get_num_threads())"
+    result = run_python(code, {"OMP_NUM_THREADS": "3"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3"
+
+
+def test_set_and_get_num_threads():
+    before = normkit.get_num_threads()
+    try:
+        normkit.set_num_threads(1)
+        assert normkit.get_num_threads() == 1
+        assert normkit.info()["num_threads"] == 1
+    finally:
+        normkit.set_num_threads(before)
+
+
+def test_cli_info_json():
+    result = subprocess.run(
+        [sys.executable, "-m", "normkit", "info", "--json"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["isa"] == normkit.info()["isa"]
+
+
+# --- portability: older CPUs emulated by qemu-user ------------------------------------------
+
+QEMU = shutil.which("qemu-x86_64")
+ON_CI = os.environ.get("CI") == "true"
+
+
+def _qemu_or_skip():
+    if QEMU is None:
+        if ON_CI:
+            pytest.fail("qemu-x86_64 is required on CI (apt-get install qemu-user)")
+        pytest.skip("qemu-x86_64 not installed (apt-get install qemu-user)")
+    return QEMU
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cpu, expected", [("Westmere", "baseline"), ("Haswell", "avx2")])
+def test_emulated_cpu_chooses_its_isa(cpu, expected):
+    qemu = _qemu_or_skip()
+    env = {"NORMKIT_ISA": "auto", "OMP_NUM_THREADS": "2"}
+    result = run_python(CHECK.format(isa=expected), env, prefix=[qemu, "-cpu", cpu])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"ok {expected}" in result.stdout
+
+
+@pytest.mark.slow
+def test_emulated_cpu_refuses_isa_it_lacks():
+    qemu = _qemu_or_skip()
+    result = run_python("import normkit", {"NORMKIT_ISA": "avx2"}, prefix=[qemu, "-cpu", "Westmere"])
+    assert result.returncode != 0
+    assert "NORMKIT_ISA=avx2" in result.stderr and "available: baseline" in result.stderr
