@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "batch_norm.hpp"
 #include "dispatch.hpp"
 #include "layer_norm.hpp"
 #include "threading.hpp"
@@ -90,6 +91,43 @@ void layer_norm_backward_t(const py::array& dy, const py::array& x, const py::ar
                                   rows, cols);
 }
 
+template <class T>
+void batch_norm_forward_t(const py::array& x, const py::object& running_mean,
+                          const py::object& running_var, const py::object& gamma,
+                          const py::object& beta, py::array& y, py::array& mean,
+                          py::array& invstd, int64_t n, int64_t c, int64_t s, bool training,
+                          double momentum, double eps) {
+  const T* x_p = in<T>(x, "x", n * c * s);
+  T* rm_p = out_optional<T>(running_mean, "running_mean", c);
+  T* rv_p = out_optional<T>(running_var, "running_var", c);
+  const T* gamma_p = in_optional<T>(gamma, "gamma", c);
+  const T* beta_p = in_optional<T>(beta, "beta", c);
+  T* y_p = out<T>(y, "y", n * c * s);
+  T* mean_p = out<T>(mean, "mean", c);
+  T* invstd_p = out<T>(invstd, "invstd", c);
+  py::gil_scoped_release release;
+  normkit::batch_norm_forward<T>(y_p, mean_p, invstd_p, rm_p, rv_p, x_p, gamma_p, beta_p, n, c,
+                                 s, training, momentum, eps);
+}
+
+template <class T>
+void batch_norm_backward_t(const py::array& dy, const py::array& x, const py::array& mean,
+                           const py::array& invstd, const py::object& gamma, py::array& dx,
+                           const py::object& dgamma, const py::object& dbeta, int64_t n,
+                           int64_t c, int64_t s, bool training) {
+  const T* dy_p = in<T>(dy, "dy", n * c * s);
+  const T* x_p = in<T>(x, "x", n * c * s);
+  const T* mean_p = in<T>(mean, "mean", c);
+  const T* invstd_p = in<T>(invstd, "invstd", c);
+  const T* gamma_p = in_optional<T>(gamma, "gamma", c);
+  T* dx_p = out<T>(dx, "dx", n * c * s);
+  T* dgamma_p = out_optional<T>(dgamma, "dgamma", c);
+  T* dbeta_p = out_optional<T>(dbeta, "dbeta", c);
+  py::gil_scoped_release release;
+  normkit::batch_norm_backward<T>(dx_p, dgamma_p, dbeta_p, dy_p, x_p, mean_p, invstd_p, gamma_p,
+                                  n, c, s, training);
+}
+
 bool is_float32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
 
 std::vector<std::string> available_isa_names() {
@@ -133,6 +171,42 @@ PYBIND11_MODULE(_core, m) {
       py::arg("dy"), py::arg("x"), py::arg("mean"), py::arg("rstd"), py::arg("gamma"),
       py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("rows"), py::arg("cols"),
       "LayerNorm backward into dx (and dgamma, dbeta when gamma is given).");
+
+  m.def(
+      "batch_norm_forward",
+      [](const py::array& x, const py::object& running_mean, const py::object& running_var,
+         const py::object& gamma, const py::object& beta, py::array& y, py::array& mean,
+         py::array& invstd, int64_t n, int64_t c, int64_t s, bool training, double momentum,
+         double eps) {
+        if (is_float32(x))
+          batch_norm_forward_t<float>(x, running_mean, running_var, gamma, beta, y, mean, invstd,
+                                      n, c, s, training, momentum, eps);
+        else
+          batch_norm_forward_t<double>(x, running_mean, running_var, gamma, beta, y, mean,
+                                       invstd, n, c, s, training, momentum, eps);
+      },
+      py::arg("x"), py::arg("running_mean"), py::arg("running_var"), py::arg("gamma"),
+      py::arg("beta"), py::arg("y"), py::arg("mean"), py::arg("invstd"), py::arg("n"),
+      py::arg("c"), py::arg("s"), py::arg("training"), py::arg("momentum"), py::arg("eps"),
+      "BatchNorm forward over x viewed as (n, c, s) into y, mean, invstd; updates running "
+      "statistics in place when training.");
+
+  m.def(
+      "batch_norm_backward",
+      [](const py::array& dy, const py::array& x, const py::array& mean, const py::array& invstd,
+         const py::object& gamma, py::array& dx, const py::object& dgamma,
+         const py::object& dbeta, int64_t n, int64_t c, int64_t s, bool training) {
+        if (is_float32(x))
+          batch_norm_backward_t<float>(dy, x, mean, invstd, gamma, dx, dgamma, dbeta, n, c, s,
+                                       training);
+        else
+          batch_norm_backward_t<double>(dy, x, mean, invstd, gamma, dx, dgamma, dbeta, n, c, s,
+                                        training);
+      },
+      py::arg("dy"), py::arg("x"), py::arg("mean"), py::arg("invstd"), py::arg("gamma"),
+      py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("n"), py::arg("c"),
+      py::arg("s"), py::arg("training"),
+      "BatchNorm backward into dx (and dgamma, dbeta when gamma is given).");
 
   m.def("get_num_threads", &normkit::get_num_threads);
   m.def("set_num_threads", &normkit::set_num_threads, py::arg("n"));

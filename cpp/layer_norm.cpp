@@ -15,28 +15,6 @@ void check_sizes(int64_t rows, int64_t cols) {
                                 std::to_string(rows) + ", cols=" + std::to_string(cols));
 }
 
-template <class T>
-LayerNormForwardFn<T> forward_kernel(const KernelTable& k);
-template <>
-LayerNormForwardFn<float> forward_kernel<float>(const KernelTable& k) {
-  return k.layer_norm_forward_f32;
-}
-template <>
-LayerNormForwardFn<double> forward_kernel<double>(const KernelTable& k) {
-  return k.layer_norm_forward_f64;
-}
-
-template <class T>
-LayerNormBackwardFn<T> backward_kernel(const KernelTable& k);
-template <>
-LayerNormBackwardFn<float> backward_kernel<float>(const KernelTable& k) {
-  return k.layer_norm_backward_f32;
-}
-template <>
-LayerNormBackwardFn<double> backward_kernel<double>(const KernelTable& k) {
-  return k.layer_norm_backward_f64;
-}
-
 }  // namespace
 
 template <class T>
@@ -46,7 +24,7 @@ void layer_norm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, cons
   if (!std::isfinite(eps) || eps < 0.0)
     throw std::invalid_argument("layer_norm: eps must be finite and >= 0, got " +
                                 std::to_string(eps));
-  forward_kernel<T>(active_kernels())(y, mean, rstd, x, gamma, beta, rows, cols, eps);
+  active_kernels().of<T>().layer_norm_forward(y, mean, rstd, x, gamma, beta, rows, cols, eps);
 }
 
 template <class T>
@@ -55,7 +33,7 @@ void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
   check_sizes(rows, cols);
   if (gamma && (!dgamma || !dbeta))
     throw std::invalid_argument("layer_norm_backward: dgamma and dbeta are required with gamma");
-  backward_kernel<T>(active_kernels())(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, rows, cols);
+  active_kernels().of<T>().layer_norm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, rows, cols);
 }
 
 template void layer_norm_forward<float>(float*, float*, float*, const float*, const float*,

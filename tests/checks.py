@@ -71,6 +71,63 @@ def check_layer_norm(shape, dtype, mean_offset=0.0, affine=True, seed=0):
         assert dgamma is None and dbeta is None
 
 
+def check_batch_norm(shape, axis, dtype, mean_offset=0.0, affine=True, seed=0):
+    """Training forward + backward and eval forward + backward against the reference."""
+    rng = np.random.default_rng(seed)
+    c = shape[axis]
+    x = (rng.standard_normal(shape) * 2 + mean_offset).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.standard_normal(c).astype(dtype) if affine else None
+    beta = rng.standard_normal(c).astype(dtype) if affine else None
+    running_mean = rng.standard_normal(c).astype(dtype) + mean_offset
+    running_var = rng.uniform(0.5, 2.0, c).astype(dtype)
+    what = f"{shape} axis={axis} {dtype.__name__}"
+
+    for training in (True, False):
+        rm, rv = running_mean.copy(), running_var.copy()
+        y, mean, invstd = normkit.batch_norm_forward(
+            x, rm, rv, gamma, beta, training=training, momentum=0.2, axis=axis
+        )
+        rm_ref, rv_ref = _wide(running_mean), _wide(running_var)
+        y_ref, mean_ref, invstd_ref = reference.batch_norm_forward(
+            _wide(x), rm_ref, rv_ref, _wide(gamma), _wide(beta), training=training,
+            momentum=0.2, axis=axis,
+        )
+        # float64 batch statistics merge sub-block means held to an ulp of |mean|: the same
+        # conditioning as y (see y_scale).
+        cond = y_scale(np.ones(1), mean_ref, invstd_ref, dtype)
+        assert_close(y, y_ref, dtype, f"y {what}", scale=y_scale(y_ref, mean_ref, invstd_ref, dtype))
+        assert_close(mean, mean_ref, dtype, f"mean {what}")
+        assert_close(invstd, invstd_ref, dtype, f"invstd {what}",
+                     scale=cond * float(np.abs(invstd_ref).max()))
+        assert_close(rm, rm_ref, dtype, f"running_mean {what}")
+        assert_close(rv, rv_ref, dtype, f"running_var {what}",
+                     scale=cond * float(np.abs(rv_ref).max()))
+
+        dx, dgamma, dbeta = normkit.batch_norm_backward(
+            dy, x, mean, invstd, gamma, training=training, axis=axis
+        )
+        dx_ref, dgamma_ref, dbeta_ref = reference.batch_norm_backward(
+            _wide(dy), _wide(x), _wide(mean), _wide(invstd), _wide(gamma), training=training,
+            axis=axis,
+        )
+        # dx is a difference of terms of size |gamma * invstd * dy|; with few values per
+        # channel they nearly cancel, so the error is measured against the terms.
+        k = np.abs(_wide(invstd) * (_wide(gamma) if affine else 1.0))
+        k = k.reshape([-1 if a == axis % len(shape) else 1 for a in range(len(shape))])
+        terms = float(np.max(k * np.abs(_wide(dy))))
+        assert_close(dx, dx_ref, dtype, f"dx {what} training={training}",
+                     scale=max(terms, float(np.abs(dx_ref).max())))
+        if affine:
+            assert_close(dgamma, dgamma_ref, dtype, f"dgamma {what}")
+            assert_close(dbeta, dbeta_ref, dtype, f"dbeta {what}")
+        else:
+            assert dgamma is None and dbeta is None
+
+
+BN_CASES = [((4, 3), 1), ((6, 5, 17), 1), ((3, 7, 5, 5), 1), ((2, 3, 2, 4, 33), 1),
+            ((9, 4, 4, 19), -1), ((50, 33), -1), ((2, 3, 4099), 1)]
+
 SMALL_CASES = [(4, 1), (3, 7), (5, 17), (2, 33), (3, 4099), (1, 65537), (300, 16)]
 
 
@@ -82,4 +139,8 @@ def run_all(expected_isa=None):
         for dtype in (np.float32, np.float64):
             for offset in (0.0, 1e4):
                 check_layer_norm(shape, dtype, mean_offset=offset)
+    for shape, axis in BN_CASES:
+        for dtype in (np.float32, np.float64):
+            for offset in (0.0, 1e4):
+                check_batch_norm(shape, axis, dtype, mean_offset=offset)
     print("ok", normkit.info()["isa"])

@@ -6,13 +6,18 @@
 namespace normkit {
 namespace NORMKIT_CPU_NS {
 
+namespace {
+
+template <class T>
+constexpr Kernels<T> kernels_of() {
+  return {&layer_norm_forward<T>,   &layer_norm_backward<T>,  &batch_norm_stats<T>,
+          &batch_norm_apply<T>,     &batch_norm_grad_sums<T>, &batch_norm_backward_apply<T>};
+}
+
+}  // namespace
+
 const KernelTable& kernel_table() {
-  static const KernelTable table{
-      &layer_norm_forward<float>,
-      &layer_norm_forward<double>,
-      &layer_norm_backward<float>,
-      &layer_norm_backward<double>,
-  };
+  static const KernelTable table{kernels_of<float>(), kernels_of<double>()};
   return table;
 }
 

@@ -15,11 +15,48 @@ using LayerNormBackwardFn = void (*)(T* dx, T* dgamma, T* dbeta, const T* dy, co
                                      const T* mean, const T* rstd, const T* gamma, int64_t rows,
                                      int64_t cols);
 
+// BatchNorm over x viewed as (n, c, s); per-channel arrays have length c.
+// stats: float64 mean and biased variance of each channel.
+template <class T>
+using BatchNormStatsFn = void (*)(double* mean, double* var, const T* x, int64_t n, int64_t c,
+                                  int64_t s);
+// apply: y = ((x - mean_hi) - mean_lo) * scale + shift.
+template <class T>
+using BatchNormApplyFn = void (*)(T* y, const T* x, const T* mean_hi, const T* mean_lo,
+                                  const T* scale, const T* shift, int64_t n, int64_t c, int64_t s);
+// grad_sums: float64 sums of dy and dy * (x - mean) * invstd per channel.
+template <class T>
+using BatchNormGradSumsFn = void (*)(double* sum_dy, double* sum_dy_xhat, const T* dy,
+                                     const T* x, const T* mean, const T* invstd, int64_t n,
+                                     int64_t c, int64_t s);
+// backward_apply: dx = k * (dy - a - (x - mean) * invstd * b); with x == nullptr, dx = k * dy.
+template <class T>
+using BatchNormBackwardApplyFn = void (*)(T* dx, const T* dy, const T* x, const T* mean,
+                                          const T* invstd, const T* k, const T* a, const T* b,
+                                          int64_t n, int64_t c, int64_t s);
+
+// One ISA build's kernels, for one dtype.
+template <class T>
+struct Kernels {
+  LayerNormForwardFn<T> layer_norm_forward;
+  LayerNormBackwardFn<T> layer_norm_backward;
+  BatchNormStatsFn<T> batch_norm_stats;
+  BatchNormApplyFn<T> batch_norm_apply;
+  BatchNormGradSumsFn<T> batch_norm_grad_sums;
+  BatchNormBackwardApplyFn<T> batch_norm_backward_apply;
+};
+
 struct KernelTable {
-  LayerNormForwardFn<float> layer_norm_forward_f32;
-  LayerNormForwardFn<double> layer_norm_forward_f64;
-  LayerNormBackwardFn<float> layer_norm_backward_f32;
-  LayerNormBackwardFn<double> layer_norm_backward_f64;
+  Kernels<float> f32;
+  Kernels<double> f64;
+
+  template <class T>
+  const Kernels<T>& of() const {
+    if constexpr (sizeof(T) == sizeof(float))
+      return f32;
+    else
+      return f64;
+  }
 };
 
 }  // namespace normkit

@@ -19,5 +19,22 @@ template <class T>
 void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
                          const T* rstd, const T* gamma, int64_t rows, int64_t cols);
 
+// BatchNorm pieces over x viewed as (n, c, s); see batch_norm_kernel.cpp.
+template <class T>
+void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t c, int64_t s);
+
+template <class T>
+void batch_norm_apply(T* y, const T* x, const T* mean_hi, const T* mean_lo, const T* scale,
+                      const T* shift, int64_t n, int64_t c, int64_t s);
+
+template <class T>
+void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, const T* dy, const T* x,
+                          const T* mean, const T* invstd, int64_t n, int64_t c, int64_t s);
+
+template <class T>
+void batch_norm_backward_apply(T* dx, const T* dy, const T* x, const T* mean, const T* invstd,
+                               const T* k, const T* a, const T* b, int64_t n, int64_t c,
+                               int64_t s);
+
 }  // namespace NORMKIT_CPU_NS
 }  // namespace normkit

@@ -13,15 +13,15 @@
 #include <cstdint>
 
 #include "kernels/kernels.hpp"
+#include "kernels/moments.hpp"
+#include "kernels/scratch.hpp"
 #include "kernels/vec.hpp"
 #include "threading.hpp"
-#include "workspace.hpp"
 
 namespace normkit {
 namespace NORMKIT_CPU_NS {
 namespace {
 
-constexpr int64_t kChunk = 4096;  // a multiple of every vector width
 constexpr int64_t kMaxRowBlocks = 128;
 
 struct Plan {
@@ -54,64 +54,6 @@ struct Plan {
 
 // ---------------------------------------------------------------------------------------------
 // Forward
-
-struct Moments {
-  double count, mean, m2;  // m2 = sum of squared deviations from mean
-};
-
-// Moments of x[0, n) from two passes over a chunk that stays in L1; the sums use blocked
-// summation into float64 (vec.hpp), so float32 statistics stay exact to a few ulps.
-// Scalar math: shift = sum(x) / n;  d = x - shift;
-//              mean = shift + sum(d) / n;  m2 = sum(d * d) - sum(d)^2 / n
-// The shift only has to be near the mean: the second pass corrects it, and x - shift is
-// exact in T wherever the data sit far from zero relative to their spread.
-template <class T>
-Moments chunk_moments(const T* x, int64_t n) {
-  using V = Vec<T>;
-  const int64_t n_vec = n - n % V::width;
-  const double count = static_cast<double>(n);
-
-  Chains<T> sum_x = Chains<T>::zero();
-  WideSum<T> total_x = WideSum<T>::zero();
-  blocked_loop<T>(
-      n_vec, [&](int64_t j, int u) { sum_x.acc[u] = sum_x.acc[u] + V::load(x + j); },
-      [&] { sum_x.flush_into(total_x); });
-  double tail_x = 0.0;
-  for (int64_t j = n_vec; j < n; ++j) tail_x += static_cast<double>(x[j]);
-  const T shift = static_cast<T>((total_x.total() + tail_x) / count);
-
-  const V shift_v = V::broadcast(shift);
-  Chains<T> sum_d = Chains<T>::zero(), sum_d2 = Chains<T>::zero();
-  WideSum<T> total_d = WideSum<T>::zero(), total_d2 = WideSum<T>::zero();
-  blocked_loop<T>(
-      n_vec,
-      [&](int64_t j, int u) {
-        const V d = V::load(x + j) - shift_v;
-        sum_d.acc[u] = sum_d.acc[u] + d;
-        sum_d2.acc[u] = fmadd(d, d, sum_d2.acc[u]);
-      },
-      [&] {
-        sum_d.flush_into(total_d);
-        sum_d2.flush_into(total_d2);
-      });
-  double tail_d = 0.0, tail_d2 = 0.0;
-  for (int64_t j = n_vec; j < n; ++j) {
-    const double d = static_cast<double>(x[j] - shift);
-    tail_d += d;
-    tail_d2 += d * d;
-  }
-  const double sd = total_d.total() + tail_d;
-  const double sd2 = total_d2.total() + tail_d2;
-  return {count, static_cast<double>(shift) + sd / count, sd2 - sd * sd / count};
-}
-
-// Chan, Golub & LeVeque: moments of the union of two disjoint sets.
-Moments merge(const Moments& a, const Moments& b) {
-  const double count = a.count + b.count;
-  const double delta = b.mean - a.mean;
-  return {count, a.mean + delta * (b.count / count),
-          a.m2 + b.m2 + delta * delta * (a.count * (b.count / count))};
-}
 
 // Per-row constants of the normalization. The float64 mean is split into mean_hi + mean_lo so
 // float32 output keeps full precision when |mean| >> std (x - mean_hi is exact there).
@@ -298,15 +240,6 @@ GradSums grad_sums(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t
                                    a.mean[row], a.rstd[row], n);
 }
 
-// A zeroed scratch array of n values of T for one task.
-template <class T>
-struct TaskBuffer {
-  Workspace ws;
-  explicit TaskBuffer(int64_t n) : ws(static_cast<std::size_t>((n * int64_t{sizeof(T)} + 7) / 8)) {
-    for (int64_t j = 0; j < n; ++j) data()[j] = T(0);
-  }
-  T* data() const { return reinterpret_cast<T*>(ws.data()); }
-};
 
 template <class T, bool kStream>
 void dx_chunk(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t chunk,
@@ -322,10 +255,6 @@ void dx_chunk(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t chun
   else
     chunk_dx<T, false, kStream>(a.dx + off, a.dy + off, a.x + off, nullptr, a.mean[row],
                                 a.rstd[row], mean_g, mean_gx, n);
-}
-
-void zero(double* p, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) p[j] = 0.0;
 }
 
 // dgamma[j] = sum over blocks of dgamma_part[b][j], added in block order (likewise dbeta).
@@ -375,10 +304,7 @@ void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* b
     parallel_for(rows, cols, [&](int64_t r0, int64_t r1) {
       for (int64_t i = r0; i < r1; ++i) {
         const T* xi = x + i * cols;
-        Moments m = chunk_moments(xi, p.chunk_size(0));
-        for (int64_t c = 1; c < p.n_chunks; ++c)
-          m = merge(m, chunk_moments(xi + p.chunk_begin(c), p.chunk_size(c)));
-        const RowScale<T> s = row_scale<T>(m, eps);
+        const RowScale<T> s = row_scale<T>(run_moments(xi, cols), eps);
         finish_row(i, s);
         normalize<T, kStream>(y + i * cols, xi, gamma, beta, s, 0, cols);
       }

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from . import _checks
+from ._batch_norm import batch_norm_backward, batch_norm_forward
 from ._layer_norm import layer_norm_backward, layer_norm_forward
 
 
@@ -63,7 +64,7 @@ class Module:
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy values into the existing arrays (so optimizer references stay valid)."""
-        own = self.state_dict()
+        own = Module.state_dict(self)  # the arrays; subclasses handle their other state
         if strict:
             missing = sorted(set(own) - set(state))
             unexpected = sorted(set(state) - set(own))
@@ -150,4 +151,112 @@ class LayerNorm(Module):
             f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
             f"elementwise_affine={self.elementwise_affine}, bias={self.beta is not None}, "
             f"dtype={self.dtype})"
+        )
+
+
+class BatchNorm(Module):
+    """Batch normalization over the channel ``axis`` (PyTorch's BatchNorm1d/2d/3d in one).
+
+    ``axis=1`` for (N, C), (N, C, L), (N, C, H, W), (N, C, D, H, W); ``axis=-1`` for
+    channels-last data and (samples, features) tables. In training mode each channel is
+    normalized by its batch statistics and ``running_mean``/``running_var`` are updated
+    (``momentum`` weights the new batch; ``momentum=None`` keeps a cumulative average over
+    ``num_batches_tracked`` batches). In eval mode the running statistics are used. With
+    ``track_running_stats=False`` batch statistics are used in both modes.
+    """
+
+    _param_names = ("gamma", "beta")
+    _buffer_names = ("running_mean", "running_var")
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        axis: int = 1,
+        dtype=np.float32,
+    ) -> None:
+        super().__init__()
+        c = operator.index(num_features)
+        if c < 1:
+            raise ValueError(f"num_features: expected a positive int, got {num_features!r}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in _checks.FLOAT_DTYPES:
+            raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
+        if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"momentum: expected a number in [0, 1] or None, got {momentum!r}")
+        self.num_features = c
+        self.eps = _checks.eps_value(eps)
+        self.momentum = momentum
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.axis = operator.index(axis)
+        self.gamma = np.ones(c, self.dtype) if affine else None
+        self.beta = np.zeros(c, self.dtype) if affine else None
+        self.grad_gamma = None
+        self.grad_beta = None
+        if track_running_stats:
+            self.running_mean = np.zeros(c, self.dtype)
+            self.running_var = np.ones(c, self.dtype)
+        else:
+            self.running_mean = self.running_var = None
+        self.num_batches_tracked = 0
+        self._saved = None
+
+    def forward(self, x):
+        x = _checks.float_array(x, "x")
+        if x.dtype != self.dtype:
+            raise TypeError(f"x: expected dtype {self.dtype} (the layer's dtype), got {x.dtype}")
+        update = self.training and self.track_running_stats
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if update:
+            if x.ndim >= 2 and -x.ndim <= self.axis < x.ndim and x.shape[self.axis] != self.num_features:
+                raise ValueError(
+                    f"x: expected {self.num_features} channels on axis {self.axis}, got shape "
+                    f"{x.shape}"
+                )
+            if self.momentum is None:  # cumulative moving average
+                momentum = 1.0 / (self.num_batches_tracked + 1)
+        use_batch_stats = self.training or not self.track_running_stats
+        y, mean, invstd = batch_norm_forward(
+            x, self.running_mean, self.running_var, self.gamma, self.beta,
+            training=use_batch_stats, momentum=momentum, eps=self.eps, axis=self.axis,
+        )
+        if update:
+            self.num_batches_tracked += 1
+        self._saved = (x, mean, invstd, use_batch_stats)
+        return y
+
+    def backward(self, dy):
+        """``dx`` for the last forward (training or eval); stores ``grad_gamma``/``grad_beta``."""
+        if self._saved is None:
+            raise RuntimeError("BatchNorm.backward called before forward")
+        x, mean, invstd, batch_stats = self._saved
+        dx, self.grad_gamma, self.grad_beta = batch_norm_backward(
+            dy, x, mean, invstd, self.gamma, training=batch_stats, axis=self.axis
+        )
+        return dx
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = super().state_dict()
+        if self.track_running_stats:
+            state["num_batches_tracked"] = np.array(self.num_batches_tracked, np.int64)
+        return state
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        state = dict(state)
+        count = state.pop("num_batches_tracked", None)
+        if self.track_running_stats and count is None and strict:
+            raise KeyError("state_dict mismatch: missing ['num_batches_tracked'], unexpected []")
+        super().load_state_dict(state, strict=strict)
+        if count is not None:
+            self.num_batches_tracked = int(count)
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
+            f"axis={self.axis}, dtype={self.dtype})"
         )

@@ -51,3 +51,62 @@ def layer_norm_backward(dy, x, mean, rstd, gamma=None, axis=-1):
         return dx, None, None
     batch_axes = tuple(range(x.ndim - len(axes)))
     return dx, (dy * xhat).sum(axis=batch_axes), dy.sum(axis=batch_axes)
+
+
+def _channel_axes(x: np.ndarray, axis: int) -> tuple[int, ...]:
+    axis %= x.ndim
+    return tuple(a for a in range(x.ndim) if a != axis)
+
+
+def _per_channel(v: np.ndarray, x: np.ndarray, axis: int) -> np.ndarray:
+    shape = [1] * x.ndim
+    shape[axis % x.ndim] = -1
+    return np.reshape(v, shape)
+
+
+def batch_norm_forward(x, running_mean=None, running_var=None, gamma=None, beta=None,
+                       training=False, momentum=0.1, eps=1e-5, axis=1):
+    """``(y, mean, invstd)`` of batch normalization over every axis but ``axis``; updates the
+    running statistics in place in training (PyTorch convention: unbiased running_var)."""
+    x = np.asarray(x)
+    axes = _channel_axes(x, axis)
+    if training or running_mean is None:
+        mean = x.mean(axis=axes)
+        xc = x - _per_channel(mean, x, axis)
+        var = (xc * xc).mean(axis=axes)
+        if training and running_mean is not None:
+            n = x.size // x.shape[axis]
+            running_mean *= 1 - momentum
+            running_mean += momentum * mean
+            running_var *= 1 - momentum
+            running_var += momentum * var * n / (n - 1)
+    else:
+        mean, var = running_mean.copy(), running_var.copy()
+    invstd = 1.0 / np.sqrt(var + eps)
+    y = (x - _per_channel(mean, x, axis)) * _per_channel(invstd, x, axis)
+    if gamma is not None:
+        y = y * _per_channel(gamma, x, axis)
+    if beta is not None:
+        y = y + _per_channel(beta, x, axis)
+    return y, mean, invstd
+
+
+def batch_norm_backward(dy, x, mean, invstd, gamma=None, training=True, axis=1):
+    """``(dx, dgamma, dbeta)``. Training: with xhat = (x - mean) * invstd over the N values of
+    a channel, ``dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))``; eval:
+    ``dx = gamma * invstd * dy``."""
+    x, dy = np.asarray(x), np.asarray(dy)
+    axes = _channel_axes(x, axis)
+    xhat = (x - _per_channel(mean, x, axis)) * _per_channel(invstd, x, axis)
+    k = invstd if gamma is None else gamma * invstd
+    if training:
+        dx = _per_channel(k, x, axis) * (
+            dy
+            - dy.mean(axis=axes, keepdims=True)
+            - xhat * (dy * xhat).mean(axis=axes, keepdims=True)
+        )
+    else:
+        dx = _per_channel(k, x, axis) * dy
+    if gamma is None:
+        return dx, None, None
+    return dx, (dy * xhat).sum(axis=axes), dy.sum(axis=axes)

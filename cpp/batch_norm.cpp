@@ -1,0 +1,114 @@
+#include "batch_norm.hpp"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "dispatch.hpp"
+
+namespace normkit {
+namespace {
+
+void check_shape(int64_t n, int64_t c, int64_t s) {
+  if (n < 0 || c < 1 || s < 1)
+    throw std::invalid_argument("batch_norm: expected n >= 0, c >= 1, s >= 1, got n=" +
+                                std::to_string(n) + ", c=" + std::to_string(c) +
+                                ", s=" + std::to_string(s));
+}
+
+}  // namespace
+
+template <class T>
+void batch_norm_forward(T* y, T* mean, T* invstd, T* running_mean, T* running_var, const T* x,
+                        const T* gamma, const T* beta, int64_t n, int64_t c, int64_t s,
+                        bool training, double momentum, double eps) {
+  check_shape(n, c, s);
+  if (!std::isfinite(eps) || eps < 0.0)
+    throw std::invalid_argument("batch_norm: eps must be finite and >= 0, got " +
+                                std::to_string(eps));
+  if (!std::isfinite(momentum))
+    throw std::invalid_argument("batch_norm: momentum must be finite");
+  if ((running_mean == nullptr) != (running_var == nullptr))
+    throw std::invalid_argument("batch_norm: running_mean and running_var go together");
+  const int64_t count = n * s;
+  const bool batch_stats = training || running_mean == nullptr;
+  if (batch_stats && count < (training ? 2 : 1))
+    throw std::invalid_argument("batch_norm: expected more than 1 value per channel when "
+                                "training, got " + std::to_string(count));
+
+  const Kernels<T>& k = active_kernels().of<T>();
+  // Per-channel constants of y = ((x - mean_hi) - mean_lo) * scale + shift.
+  std::vector<T> mean_hi(c), mean_lo(c), scale(c), shift(c);
+  std::vector<double> batch_mean, batch_var;
+  if (batch_stats) {
+    batch_mean.resize(c);
+    batch_var.resize(c);
+    k.batch_norm_stats(batch_mean.data(), batch_var.data(), x, n, c, s);
+  }
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const double m = batch_stats ? batch_mean[ch] : static_cast<double>(running_mean[ch]);
+    const double v = batch_stats ? batch_var[ch] : static_cast<double>(running_var[ch]);
+    const double rstd = 1.0 / std::sqrt(v + eps);
+    mean_hi[ch] = static_cast<T>(m);
+    mean_lo[ch] = static_cast<T>(m - static_cast<double>(mean_hi[ch]));
+    scale[ch] = static_cast<T>(gamma ? rstd * static_cast<double>(gamma[ch]) : rstd);
+    shift[ch] = beta ? beta[ch] : T(0);
+    mean[ch] = mean_hi[ch];
+    invstd[ch] = static_cast<T>(rstd);
+  }
+  k.batch_norm_apply(y, x, mean_hi.data(), mean_lo.data(), scale.data(), shift.data(), n, c, s);
+
+  if (training && running_mean) {
+    const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
+    for (int64_t ch = 0; ch < c; ++ch) {
+      running_mean[ch] = static_cast<T>((1.0 - momentum) * static_cast<double>(running_mean[ch]) +
+                                        momentum * batch_mean[ch]);
+      running_var[ch] = static_cast<T>((1.0 - momentum) * static_cast<double>(running_var[ch]) +
+                                       momentum * batch_var[ch] * unbias);
+    }
+  }
+}
+
+template <class T>
+void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
+                         const T* invstd, const T* gamma, int64_t n, int64_t c, int64_t s,
+                         bool training) {
+  check_shape(n, c, s);
+  if (gamma && (!dgamma || !dbeta))
+    throw std::invalid_argument("batch_norm_backward: dgamma and dbeta are required with gamma");
+  const Kernels<T>& k = active_kernels().of<T>();
+  const double count = static_cast<double>(n * s);
+
+  std::vector<double> sum_dy(c, 0.0), sum_dy_xhat(c, 0.0);
+  if ((training || gamma) && n > 0)
+    k.batch_norm_grad_sums(sum_dy.data(), sum_dy_xhat.data(), dy, x, mean, invstd, n, c, s);
+
+  // dx = scale * (dy - a - xhat * b)
+  std::vector<T> scale(c), a(c), b(c);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const double g = gamma ? static_cast<double>(gamma[ch]) : 1.0;
+    scale[ch] = static_cast<T>(g * static_cast<double>(invstd[ch]));
+    a[ch] = count > 0 ? static_cast<T>(sum_dy[ch] / count) : T(0);
+    b[ch] = count > 0 ? static_cast<T>(sum_dy_xhat[ch] / count) : T(0);
+  }
+  k.batch_norm_backward_apply(dx, dy, training ? x : nullptr, mean, invstd, scale.data(),
+                              a.data(), b.data(), n, c, s);
+  if (gamma) {
+    for (int64_t ch = 0; ch < c; ++ch) {
+      dgamma[ch] = static_cast<T>(sum_dy_xhat[ch]);
+      dbeta[ch] = static_cast<T>(sum_dy[ch]);
+    }
+  }
+}
+
+#define NORMKIT_INSTANTIATE(T)                                                                 \
+  template void batch_norm_forward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*,        \
+                                      int64_t, int64_t, int64_t, bool, double, double);        \
+  template void batch_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,     \
+                                       const T*, int64_t, int64_t, int64_t, bool);
+NORMKIT_INSTANTIATE(float)
+NORMKIT_INSTANTIATE(double)
+#undef NORMKIT_INSTANTIATE
+
+}  // namespace normkit

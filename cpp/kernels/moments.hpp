@@ -1,0 +1,83 @@
+#pragma once
+// Mean and centred sum of squares of a contiguous run of values, and their exact merge.
+// Shared by the LayerNorm and BatchNorm kernels of one ISA build.
+
+#include <cstdint>
+
+#include "kernels/vec.hpp"
+
+namespace normkit {
+namespace NORMKIT_CPU_NS {
+
+struct Moments {
+  double count, mean, m2;  // m2 = sum of squared deviations from mean
+};
+
+// Moments of x[0, n) from two passes over a chunk that stays in L1; the sums use blocked
+// summation into float64 (vec.hpp), so float32 statistics stay exact to a few ulps.
+// Scalar math: shift = sum(x) / n;  d = x - shift;
+//              mean = shift + sum(d) / n;  m2 = sum(d * d) - sum(d)^2 / n
+// The shift only has to be near the mean: the second pass corrects it, and x - shift is
+// exact in T wherever the data sit far from zero relative to their spread.
+template <class T>
+Moments chunk_moments(const T* x, int64_t n) {
+  using V = Vec<T>;
+  const int64_t n_vec = n - n % V::width;
+  const double count = static_cast<double>(n);
+
+  Chains<T> sum_x = Chains<T>::zero();
+  WideSum<T> total_x = WideSum<T>::zero();
+  blocked_loop<T>(
+      n_vec, [&](int64_t j, int u) { sum_x.acc[u] = sum_x.acc[u] + V::load(x + j); },
+      [&] { sum_x.flush_into(total_x); });
+  double tail_x = 0.0;
+  for (int64_t j = n_vec; j < n; ++j) tail_x += static_cast<double>(x[j]);
+  const T shift = static_cast<T>((total_x.total() + tail_x) / count);
+
+  const V shift_v = V::broadcast(shift);
+  Chains<T> sum_d = Chains<T>::zero(), sum_d2 = Chains<T>::zero();
+  WideSum<T> total_d = WideSum<T>::zero(), total_d2 = WideSum<T>::zero();
+  blocked_loop<T>(
+      n_vec,
+      [&](int64_t j, int u) {
+        const V d = V::load(x + j) - shift_v;
+        sum_d.acc[u] = sum_d.acc[u] + d;
+        sum_d2.acc[u] = fmadd(d, d, sum_d2.acc[u]);
+      },
+      [&] {
+        sum_d.flush_into(total_d);
+        sum_d2.flush_into(total_d2);
+      });
+  double tail_d = 0.0, tail_d2 = 0.0;
+  for (int64_t j = n_vec; j < n; ++j) {
+    const double d = static_cast<double>(x[j] - shift);
+    tail_d += d;
+    tail_d2 += d * d;
+  }
+  const double sd = total_d.total() + tail_d;
+  const double sd2 = total_d2.total() + tail_d2;
+  return {count, static_cast<double>(shift) + sd / count, sd2 - sd * sd / count};
+}
+
+// Chan, Golub & LeVeque: moments of the union of two disjoint sets.
+inline Moments merge(const Moments& a, const Moments& b) {
+  const double count = a.count + b.count;
+  const double delta = b.mean - a.mean;
+  return {count, a.mean + delta * (b.count / count),
+          a.m2 + b.m2 + delta * delta * (a.count * (b.count / count))};
+}
+
+// Values of a run longer than this are taken chunk by chunk (each chunk stays in L1 for the
+// two passes) and the chunk moments merged in order.
+constexpr int64_t kChunk = 4096;  // a multiple of every vector width
+
+template <class T>
+Moments run_moments(const T* x, int64_t n) {
+  Moments m = chunk_moments(x, n < kChunk ? n : kChunk);
+  for (int64_t c0 = kChunk; c0 < n; c0 += kChunk)
+    m = merge(m, chunk_moments(x + c0, n - c0 < kChunk ? n - c0 : kChunk));
+  return m;
+}
+
+}  // namespace NORMKIT_CPU_NS
+}  // namespace normkit

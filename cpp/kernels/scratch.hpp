@@ -1,0 +1,32 @@
+#pragma once
+// Per-task scratch arrays for the kernels of one ISA build (in the ISA namespace, so each
+// build's copy of this code is its own).
+
+#include <cstddef>
+#include <cstdint>
+
+#include "workspace.hpp"
+
+namespace normkit {
+namespace NORMKIT_CPU_NS {
+
+// A zeroed scratch array of n values of T, from the calling thread's workspace cache.
+template <class T>
+class TaskBuffer {
+ public:
+  explicit TaskBuffer(int64_t n)
+      : ws_(static_cast<std::size_t>((n * int64_t{sizeof(T)} + 7) / 8)) {
+    for (int64_t j = 0; j < n; ++j) data()[j] = T(0);
+  }
+  T* data() const { return reinterpret_cast<T*>(ws_.data()); }
+
+ private:
+  Workspace ws_;
+};
+
+inline void zero(double* p, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) p[j] = 0.0;
+}
+
+}  // namespace NORMKIT_CPU_NS
+}  // namespace normkit

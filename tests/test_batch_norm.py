@@ -1,0 +1,388 @@
+"""BatchNorm: reference, worked example, running statistics, layouts, threads, layer, errors."""
+
+import numpy as np
+import pytest
+from checks import BN_CASES, assert_close, check_batch_norm
+
+import normkit
+from normkit import BatchNorm, reference
+
+DTYPES = [np.float32, np.float64]
+LAYOUTS = BN_CASES + [((8, 16, 7, 7), 1), ((2, 5, 4100), 1), ((3, 130), 1), ((1, 4, 2), 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, axis", LAYOUTS, ids=str)
+@pytest.mark.parametrize("offset", [0.0, 1e4], ids=["mean0", "mean1e4"])
+def test_matches_reference(isa, shape, axis, dtype, offset):
+    check_batch_norm(shape, axis, dtype, mean_offset=offset)
+
+
+@pytest.mark.parametrize("shape, axis", [((6, 5, 17), 1), ((40, 9), -1)], ids=str)
+def test_without_affine(isa, shape, axis):
+    check_batch_norm(shape, axis, np.float64, affine=False)
+
+
+def test_worked_example_from_the_errata():
+    x = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]])
+    rm, rv = np.zeros(2), np.ones(2)
+    y, mean, invstd = normkit.batch_norm_forward(x, rm, rv, training=True, eps=1e-5)
+    np.testing.assert_allclose(mean, [0.3, 0.4], rtol=1e-15)
+    np.testing.assert_allclose(1 / invstd**2 - 1e-5, [0.026667] * 2, rtol=2e-5)
+    np.testing.assert_allclose(y[:, 0], [-1.2245153, 0.0, 1.2245153], atol=5e-8)
+    np.testing.assert_allclose(rm, [0.03, 0.04], rtol=1e-14)
+    np.testing.assert_allclose(rv, [0.904, 0.904], rtol=1e-14)  # unbiased 0.04 enters
+    y0 = normkit.batch_norm(x, training=True, eps=0.0)
+    np.testing.assert_allclose(y0[:, 1], [-1.2247449, 0.0, 1.2247449], atol=5e-8)
+
+
+def test_running_statistics_over_several_steps(rng):
+    rm, rv = np.zeros(3), np.ones(3)
+    rm_ref, rv_ref = rm.copy(), rv.copy()
+    for step in range(5):
+        x = rng.standard_normal((16, 3, 4)) * (step + 1) + step
+        normkit.batch_norm(x, rm, rv, training=True, momentum=0.3)
+        m = x.mean(axis=(0, 2))
+        v = x.var(axis=(0, 2), ddof=1)
+        rm_ref = 0.7 * rm_ref + 0.3 * m
+        rv_ref = 0.7 * rv_ref + 0.3 * v
+    np.testing.assert_allclose(rm, rm_ref, rtol=1e-13)
+    np.testing.assert_allclose(rv, rv_ref, rtol=1e-13)
+
+
+def test_cumulative_average_with_momentum_none(rng):
+    layer = BatchNorm(4, momentum=None, dtype=np.float64)
+    batches = [rng.standard_normal((10, 4)) * 2 + k for k in range(6)]
+    for x in batches:
+        layer(x)
+    assert layer.num_batches_tracked == 6
+    np.testing.assert_allclose(layer.running_mean, np.mean([b.mean(0) for b in batches], 0),
+                               rtol=1e-13)
+    np.testing.assert_allclose(layer.running_var,
+                               np.mean([b.var(0, ddof=1) for b in batches], 0), rtol=1e-13)
+
+
+def test_momentum_none_is_refused_by_the_function(rng):
+    with pytest.raises(ValueError, match="momentum=None"):
+        normkit.batch_norm(rng.standard_normal((4, 2)), np.zeros(2), np.ones(2), training=True,
+                           momentum=None)
+
+
+def test_eval_uses_running_statistics_and_train_the_batch(rng):
+    x = rng.standard_normal((20, 3)) * 3 + 2
+    rm, rv = np.array([1.0, 2.0, 3.0]), np.array([4.0, 0.5, 2.0])
+    y_eval, mean, invstd = normkit.batch_norm_forward(x, rm, rv, eps=0.0)
+    np.testing.assert_allclose(y_eval, (x - rm) / np.sqrt(rv), rtol=1e-14)
+    np.testing.assert_array_equal(mean, rm)
+    np.testing.assert_array_equal(rm, [1.0, 2.0, 3.0])  # not updated in eval
+    y_train = normkit.batch_norm(x, rm.copy(), rv.copy(), training=True, eps=0.0)
+    np.testing.assert_allclose(y_train, (x - x.mean(0)) / x.std(0), rtol=1e-12, atol=1e-13)
+    # Without running statistics, inference falls back to batch statistics.
+    np.testing.assert_allclose(normkit.batch_norm(x, eps=0.0), y_train, rtol=1e-12, atol=1e-13)
+
+
+def _numeric_grad(f, a, h=1e-6):
+    grad = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        up = f()
+        flat[i] = old - h
+        down = f()
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape, axis", [((4, 3, 5), 1), ((6, 4), -1), ((2, 3, 2, 3), 1)], ids=str)
+def test_backward_matches_finite_differences(isa, rng, shape, axis, training):
+    c = shape[axis]
+    x = rng.standard_normal(shape) * 2 + 3
+    gamma, beta = rng.standard_normal(c), rng.standard_normal(c)
+    rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2, c)
+    w = rng.standard_normal(shape)
+
+    def loss():
+        y = normkit.batch_norm(x, rm.copy(), rv.copy(), gamma, beta, training=training, axis=axis)
+        return float(np.sum(w * y))
+
+    _, mean, invstd = normkit.batch_norm_forward(x, rm.copy(), rv.copy(), gamma, beta,
+                                                 training=training, axis=axis)
+    dx, dgamma, dbeta = normkit.batch_norm_backward(w, x, mean, invstd, gamma, training=training,
+                                                    axis=axis)
+    np.testing.assert_allclose(dx, _numeric_grad(loss, x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dgamma, _numeric_grad(loss, gamma), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dbeta, _numeric_grad(loss, beta), rtol=1e-5, atol=1e-7)
+
+
+def test_channels_last_equals_channels_first(rng):
+    x = rng.standard_normal((4, 6, 5, 3))  # N, H, W, C
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    y_last, mean, invstd = normkit.batch_norm_forward(x, None, None, gamma, beta, training=True,
+                                                      axis=-1)
+    x_first = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    y_first, mean1, invstd1 = normkit.batch_norm_forward(x_first, None, None, gamma, beta,
+                                                         training=True)
+    np.testing.assert_allclose(np.moveaxis(y_first, 1, -1), y_last, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(mean, mean1, rtol=1e-14)
+    np.testing.assert_allclose(invstd, invstd1, rtol=1e-13)
+
+
+@pytest.mark.parametrize("layout", ["strided", "fortran", "negative"])
+def test_non_contiguous_input(rng, layout):
+    base = rng.standard_normal((8, 6, 10))
+    x = {"strided": base[:, ::2], "fortran": np.asfortranarray(base),
+         "negative": base[::-1, :, ::-1]}[layout]
+    assert not x.flags.c_contiguous
+    dy = rng.standard_normal(x.shape)[::-1]
+    got = normkit.batch_norm_forward(x, training=True)
+    expected = normkit.batch_norm_forward(np.ascontiguousarray(x), training=True)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+    grads = normkit.batch_norm_backward(dy, x, got[1], got[2])
+    expected = normkit.batch_norm_backward(np.ascontiguousarray(dy), x.copy(), got[1], got[2])
+    for a, b in zip(grads, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_inputs_not_modified_but_running_statistics_are(rng):
+    x, dy = rng.standard_normal((5, 4, 3)), rng.standard_normal((5, 4, 3))
+    gamma, beta = rng.standard_normal(4), rng.standard_normal(4)
+    copies = [a.copy() for a in (x, dy, gamma, beta)]
+    rm, rv = np.zeros(4), np.ones(4)
+    _, mean, invstd = normkit.batch_norm_forward(x, rm, rv, gamma, beta, training=True)
+    normkit.batch_norm_backward(dy, x, mean, invstd, gamma)
+    for a, c in zip((x, dy, gamma, beta), copies):
+        np.testing.assert_array_equal(a, c)
+    assert not np.array_equal(rm, np.zeros(4))
+
+
+def test_out_in_place(rng):
+    x = rng.standard_normal((6, 3, 7)).astype(np.float32)
+    expected = normkit.batch_norm(x, training=True)
+    normkit.batch_norm(x, training=True, out=x)
+    np.testing.assert_array_equal(x, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "shape, axis",
+    [((8, 3, 40000), 1), ((2, 64, 3000), 1), ((70000, 5), -1), ((300, 1024), 1), ((4, 2, 70001), 1)],
+    ids=str,
+)
+def test_threads_give_bitwise_identical_results(isa, shape, axis, dtype):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) + 50).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    c = shape[axis]
+    gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    before = normkit.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            normkit.set_num_threads(n)
+            rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+            y, mean, invstd = normkit.batch_norm_forward(x, rm, rv, gamma, beta, training=True,
+                                                         axis=axis)
+            grads = normkit.batch_norm_backward(dy, x, mean, invstd, gamma, axis=axis)
+            y_eval = normkit.batch_norm(x, rm, rv, gamma, beta, axis=axis)
+            results.append((y, mean, invstd, rm, rv, y_eval, *grads))
+    finally:
+        normkit.set_num_threads(before)
+    for a, b in zip(*results):
+        assert np.array_equal(a, b), "1 and 2 threads differ"
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_float32_statistics_of_2_pow_24_values(axis):
+    # 2^24 float32 values per channel at mean 1e4, std 1: a float32 running sum would stall
+    # (1e4 * 2^24 is past float32's exact range); normkit's mean and variance stay exact.
+    rng = np.random.default_rng(0)
+    n = 1 << 24
+    x64 = 1e4 + rng.standard_normal(n)
+    x = x64.astype(np.float32)
+    shape = (1, 1, n) if axis == 1 else (n, 1)
+    _, mean, invstd = normkit.batch_norm_forward(x.reshape(shape), training=True, axis=axis)
+    xd = x.astype(np.float64)
+    true_mean = xd.mean()
+    true_var = np.mean((xd - true_mean) ** 2)
+    assert abs(float(mean[0]) - true_mean) <= 1e-3  # within an ulp of 1e4 in float32
+    np.testing.assert_allclose(float(invstd[0]), 1 / np.sqrt(true_var + 1e-5), rtol=2e-7)
+
+
+def test_against_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((8, 3, 5, 5))
+    gamma, beta, dy = rng.standard_normal(3), rng.standard_normal(3), rng.standard_normal(x.shape)
+    rm, rv = np.zeros(3), np.ones(3)
+    rm_t, rv_t = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    xt = torch.tensor(x, requires_grad=True)
+    gt = torch.tensor(gamma, requires_grad=True)
+    bt = torch.tensor(beta, requires_grad=True)
+    for _ in range(3):
+        yt = torch.nn.functional.batch_norm(xt, rm_t, rv_t, gt, bt, training=True, momentum=0.1)
+        y, mean, invstd = normkit.batch_norm_forward(x, rm, rv, gamma, beta, training=True)
+    yt.backward(torch.tensor(dy))
+    dx, dgamma, dbeta = normkit.batch_norm_backward(dy, x, mean, invstd, gamma)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(rm, rm_t.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(rv, rv_t.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dgamma, gt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dbeta, bt.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# --- the layer -----------------------------------------------------------------------------
+
+
+def test_layer_train_eval_and_backward(rng):
+    layer = BatchNorm(3, dtype=np.float64)
+    x = rng.standard_normal((10, 3, 4)) * 2 + 1
+    y = layer(x)
+    assert layer.num_batches_tracked == 1
+    np.testing.assert_allclose(layer.running_mean, 0.1 * x.mean(axis=(0, 2)), rtol=1e-13)
+    dy = rng.standard_normal(x.shape)
+    dx = layer.backward(dy)
+    _, mean, invstd = reference.batch_norm_forward(x, training=True)
+    dx_ref, dg_ref, db_ref = reference.batch_norm_backward(dy, x, mean, invstd, layer.gamma)
+    assert_close(dx, dx_ref, np.float64, "dx")
+    assert_close(layer.grad_gamma, dg_ref, np.float64, "dgamma")
+    assert_close(layer.grad_beta, db_ref, np.float64, "dbeta")
+    assert [n for n, _, _ in layer.params_and_grads()] == ["gamma", "beta"]
+
+    layer.eval()
+    y_eval = layer(x)
+    assert layer.num_batches_tracked == 1  # eval does not track
+    expected = (x - layer.running_mean[:, None]) / np.sqrt(layer.running_var[:, None] + 1e-5)
+    np.testing.assert_allclose(y_eval, expected, rtol=1e-13)
+    dx_eval = layer.backward(dy)
+    np.testing.assert_allclose(dx_eval, dy / np.sqrt(layer.running_var[:, None] + 1e-5),
+                               rtol=1e-13)
+    assert not np.allclose(y, y_eval)  # train-mode and eval-mode outputs differ
+
+
+def test_layer_without_running_statistics(rng):
+    layer = BatchNorm(2, track_running_stats=False, dtype=np.float64).eval()
+    x = rng.standard_normal((7, 2))
+    np.testing.assert_allclose(layer(x), normkit.batch_norm(x), rtol=1e-14)
+    assert "running_mean" not in layer.state_dict()
+
+
+def test_layer_state_dict_round_trip(rng):
+    a = BatchNorm(3, axis=-1)
+    for _ in range(3):
+        a(rng.standard_normal((5, 3)).astype(np.float32))
+    state = a.state_dict()
+    assert set(state) == {"gamma", "beta", "running_mean", "running_var", "num_batches_tracked"}
+    b = BatchNorm(3, axis=-1)
+    b.load_state_dict(state)
+    assert b.num_batches_tracked == 3
+    np.testing.assert_array_equal(b.running_var, a.running_var)
+    with pytest.raises(KeyError):
+        b.load_state_dict({"gamma": state["gamma"]})
+
+
+def test_layer_errors():
+    with pytest.raises(ValueError, match="expected 3 channels"):
+        BatchNorm(3)(np.ones((4, 5), np.float32))
+    with pytest.raises(RuntimeError, match="before forward"):
+        BatchNorm(3).backward(np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError, match="momentum"):
+        BatchNorm(3, momentum=1.5)
+
+
+def test_fold_into_dense_layer(rng):
+    w, b = rng.standard_normal((4, 6)), rng.standard_normal(4)
+    bn = BatchNorm(4, dtype=np.float64)
+    for _ in range(3):  # collect running statistics, then give gamma/beta values
+        bn(rng.standard_normal((32, 6)) @ w.T + b)
+    bn.gamma[...] = rng.standard_normal(4)
+    bn.beta[...] = rng.standard_normal(4)
+    bn.eval()
+    x = rng.standard_normal((9, 6))
+    w2, b2 = normkit.fold_batch_norm(w, b, bn)
+    np.testing.assert_allclose(x @ w2.T + b2, bn(x @ w.T + b), rtol=1e-12, atol=1e-12)
+    w3, b3 = normkit.fold_batch_norm(w, None, bn)
+    np.testing.assert_allclose(x @ w3.T + b3, bn(x @ w.T), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="expected 5 features"):
+        normkit.fold_batch_norm(np.ones((5, 6)), None, bn)
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (1, 3, 1), (1, 2, 1, 1)])
+def test_training_needs_two_values_per_channel(shape):
+    with pytest.raises(ValueError, match=r"more than 1 value per channel.*got input of shape"):
+        normkit.batch_norm(np.ones(shape), training=True)
+
+
+@pytest.mark.parametrize(
+    "rm, message",
+    [
+        (np.zeros(3, np.float64), "running_mean: expected a writeable C-contiguous float32 array of shape \\(3,\\), got float64"),
+        (np.zeros(4, np.float32), r"shape \(3,\), got float32 array of shape \(4,\)"),
+        (np.zeros(6, np.float32)[::2], "not contiguous"),
+        ([0.0, 0.0, 0.0], "numpy.ndarray"),
+    ],
+)
+def test_bad_running_statistics(rm, message):
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match=message):
+        normkit.batch_norm(x, rm, np.ones(3, np.float32), training=True)
+
+
+def test_running_statistics_go_together():
+    x = np.ones((4, 3))
+    with pytest.raises(ValueError, match="together"):
+        normkit.batch_norm(x, np.zeros(3), None, training=True)
+
+
+def test_read_only_running_statistics():
+    rm = np.zeros(3)
+    rm.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        normkit.batch_norm(np.ones((4, 3)), rm, np.ones(3), training=True)
+
+
+def test_bn_shape_and_dtype_errors(rng):
+    x = rng.standard_normal((4, 3, 2)).astype(np.float32)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        normkit.batch_norm(x.astype(np.int64))
+    with pytest.raises(ValueError, match=r"gamma: expected shape \(3,\), got \(2,\)"):
+        normkit.batch_norm(x, gamma=np.ones(2, np.float32))
+    with pytest.raises(TypeError, match="beta: expected dtype float32"):
+        normkit.batch_norm(x, beta=np.ones(3))
+    _, mean, invstd = normkit.batch_norm_forward(x, training=True)
+    with pytest.raises(ValueError, match=r"dy: expected shape \(4, 3, 2\)"):
+        normkit.batch_norm_backward(x[:2], x, mean, invstd)
+    with pytest.raises(ValueError, match=r"invstd: expected shape \(3,\), got \(2,\)"):
+        normkit.batch_norm_backward(x, x, mean, invstd[:2])
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        normkit.batch_norm(np.ones(3, np.float32))
+    with pytest.raises(normkit._checks.AxisError):
+        normkit.batch_norm(x, axis=3)
+    with pytest.raises(TypeError, match="axis"):
+        normkit.batch_norm(x, axis=(1, 2))
+    with pytest.raises(ValueError, match="eps"):
+        normkit.batch_norm(x, eps=np.nan)
+    with pytest.raises(ValueError, match="momentum"):
+        normkit.batch_norm(x, momentum=np.inf)
+
+
+def test_nan_stays_in_its_channel(rng):
+    x = rng.standard_normal((5, 3, 4))
+    x[2, 1, 3] = np.nan
+    y = normkit.batch_norm(x, training=True)
+    assert np.isnan(y[:, 1]).all()
+    assert np.isfinite(y[:, [0, 2]]).all()
+
+
+def test_zero_batch_in_inference():
+    x = np.empty((0, 3), np.float32)
+    y = normkit.batch_norm(x, np.zeros(3, np.float32), np.ones(3, np.float32))
+    assert y.shape == (0, 3)
+    with pytest.raises(ValueError):
+        normkit.batch_norm(x, training=True)
