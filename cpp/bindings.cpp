@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "batch_norm.hpp"
+#include "buffer_pool.hpp"
 #include "dispatch.hpp"
 #include "layer_norm.hpp"
 #include "threading.hpp"
@@ -128,6 +129,25 @@ void batch_norm_backward_t(const py::array& dy, const py::array& x, const py::ar
                                   n, c, s, training);
 }
 
+// An uninitialised C-contiguous array; large ones come from the buffer pool and go back to it
+// when the array is freed.
+py::array empty_array(const std::vector<py::ssize_t>& shape, const py::dtype& dtype) {
+  std::size_t bytes = static_cast<std::size_t>(dtype.itemsize());
+  for (py::ssize_t n : shape) bytes *= static_cast<std::size_t>(n);
+  if (bytes < normkit::kPoolMinBytes) return py::array(dtype, shape);
+  struct Block {
+    void* data;
+    std::size_t bytes;
+  };
+  auto* held = new Block{normkit::pool_acquire(bytes), bytes};
+  py::capsule release(held, [](void* p) {
+    auto* b = static_cast<Block*>(p);
+    normkit::pool_release(b->data, b->bytes);
+    delete b;
+  });
+  return py::array(dtype, shape, held->data, release);
+}
+
 bool is_float32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
 
 std::vector<std::string> available_isa_names() {
@@ -207,6 +227,12 @@ PYBIND11_MODULE(_core, m) {
       py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("n"), py::arg("c"),
       py::arg("s"), py::arg("training"),
       "BatchNorm backward into dx (and dgamma, dbeta when gamma is given).");
+
+  m.def("empty", &empty_array, py::arg("shape"), py::arg("dtype"),
+        "Uninitialised C-contiguous array; large ones reuse cached, already-mapped memory.");
+  m.def("release_cached_memory", &normkit::pool_release_cached,
+        "Free the idle cached output buffers; returns the bytes freed.");
+  m.def("cached_bytes", &normkit::pool_cached_bytes);
 
   m.def("get_num_threads", &normkit::get_num_threads);
   m.def("set_num_threads", &normkit::set_num_threads, py::arg("n"));

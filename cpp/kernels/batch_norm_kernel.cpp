@@ -2,13 +2,15 @@
 // Compiled once per ISA (see CMakeLists.txt); the orchestration (which statistics, running
 // averages, per-channel constants) is in cpp/batch_norm.cpp.
 //
-// Two layouts:
-//  - s > 1 (NCHW-like): channel ch owns n contiguous runs of s values. Statistics tasks take
-//    (channel, group of runs), so both cores work even when c is small; run moments merge in
-//    order (Chan et al.).
-//  - s == 1 (channels last, (rows, c) tables): tasks take blocks of rows and accumulate all
-//    channels at once, vectorised across channels; block results merge in block order.
-// Groups and blocks are sized from the shape alone: any thread count gives the same bits.
+// Two layouts, both read in memory order:
+//  - runs (s >= kMinRun, NCHW-like): channel ch owns n contiguous runs of s values. Work units
+//    are chunks of runs (at most kChunk values); each unit's moments or sums go to a slot, and
+//    each channel combines its slots in order.
+//  - columns (s < kMinRun: channels-last tables with s == 1, or tiny spatial sizes): x is a
+//    (n, c * s) table. Work units are blocks of rows; within a block, register tiles of columns
+//    accumulate down the rows. Block results combine in block order, and a channel's s columns
+//    in column order.
+// Units and blocks are sized from the shape alone: any thread count gives the same bits.
 
 #include <cmath>
 #include <cstdint>
@@ -23,23 +25,31 @@ namespace normkit {
 namespace NORMKIT_CPU_NS {
 namespace {
 
-constexpr int64_t kRunGroupElements = 16384;  // values per statistics task, s > 1
-constexpr int64_t kRowBlockElements = 65536;  // values per statistics task, s == 1
-constexpr int64_t kRowsPerFlush = 4;          // rows summed in T before float64, s == 1
+constexpr int64_t kMinRun = 16;               // shorter runs use the column layout
+constexpr int64_t kBlockRows = 256;  // column layout: a task takes kBlockRows rows
+constexpr int64_t kColGroup = 256;   // ... of kColGroup columns (a multiple of every tile width)
+constexpr int64_t kRowsPerFlush = 4;          // rows summed in T before float64 (columns)
 constexpr int64_t kStreamBytes = int64_t{8} << 20;
 
 struct Shape {
   int64_t n, c, s;
-  int64_t runs_per_group() const {
-    const int64_t g = kRunGroupElements / s;
-    return g < 1 ? 1 : g;
+
+  bool columns() const { return s < kMinRun; }
+  // runs layout
+  int64_t chunks_per_run() const { return (s + kChunk - 1) / kChunk; }
+  int64_t n_units() const { return n * c * chunks_per_run(); }
+  // columns layout
+  int64_t cols() const { return c * s; }
+  int64_t n_blocks() const { return (n + kBlockRows - 1) / kBlockRows; }
+  int64_t n_col_groups() const { return (cols() + kColGroup - 1) / kColGroup; }
+  // Task t of the column layout: rows [r0, r1), columns [j0, j1).
+  void task(int64_t t, int64_t& r0, int64_t& r1, int64_t& j0, int64_t& j1) const {
+    const int64_t b = t / n_col_groups(), g = t % n_col_groups();
+    r0 = b * kBlockRows;
+    r1 = r0 + kBlockRows < n ? r0 + kBlockRows : n;
+    j0 = g * kColGroup;
+    j1 = j0 + kColGroup < cols() ? j0 + kColGroup : cols();
   }
-  int64_t n_groups() const { return (n + runs_per_group() - 1) / runs_per_group(); }
-  int64_t rows_per_block() const {
-    const int64_t r = kRowBlockElements / c;
-    return r < 1 ? 1 : r;
-  }
-  int64_t n_blocks() const { return (n + rows_per_block() - 1) / rows_per_block(); }
 };
 
 template <class T>
@@ -53,101 +63,182 @@ void store_moments(double* p, const Moments& m) {
   p[2] = m.m2;
 }
 
-Moments load_moments(const double* p) { return {p[0], p[1], p[2]}; }
-
 double biased_variance(const Moments& m) {
   const double var = m.m2 / m.count;
   return var < 0.0 ? 0.0 : var;  // rounding can leave a tiny negative; NaN passes through
 }
 
-
-// For j in [0, n): out[j] = op(j) with vector_op over full vectors and scalar_op on the tail,
-// used for the per-channel loops of the channels-last layout (no store; op does the work).
-template <class T, class VectorOp, class ScalarOp>
-inline void for_columns(int64_t n, const VectorOp& vector_op, const ScalarOp& scalar_op) {
-  const int64_t n_vec = n - n % Vec<T>::width;
-  for (int64_t j = 0; j < n_vec; j += Vec<T>::width) vector_op(j);
-  for (int64_t j = n_vec; j < n; ++j) scalar_op(j);
-}
-
-// acc[j] -> part[j] (float64), acc[j] = 0, for the c channels.
-template <class T>
-void flush_columns(double* part, T* acc, int64_t c) {
-  for_columns<T>(
-      c,
-      [&](int64_t j) {
-        accumulate_wide(part + j, Vec<T>::load(acc + j));
-        Vec<T>::broadcast(T(0)).store(acc + j);
-      },
-      [&](int64_t j) {
-        part[j] += static_cast<double>(acc[j]);
-        acc[j] = T(0);
-      });
+bool flush_due(int64_t r, int64_t r0, int64_t r1) {
+  return (r - r0 + 1) % kRowsPerFlush == 0 || r + 1 == r1;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Statistics
+// Column layout: statistics and gradient sums of a block of rows, per column
 
-// Moments of every channel over rows [r0, r1) of a (rows, c) table, from two passes over the
-// block (sized to stay in L2), vectorised across channels.
-// Scalar math per channel: shift = mean of the block; d = x - shift;
-//                          mean = shift + sum(d) / n;  m2 = sum(d^2) - sum(d)^2 / n
+// Moments of columns [j0, j0 + kChains * W) over rows [r0, r1), in registers; two passes over
+// the tile (it stays in L1). Scalar math per column: shift = mean of the block; d = x - shift;
+// mean = shift + sum(d) / n;  m2 = sum(d^2) - sum(d)^2 / n.   out: 3 doubles per column.
 template <class T>
-void block_column_moments(double* moments, const T* x, int64_t r0, int64_t r1, int64_t c) {
+void tile_moments(double* out, const T* x, int64_t cols, int64_t j0, int64_t r0, int64_t r1) {
   using V = Vec<T>;
-  TaskBuffer<T> buf(4 * c);
-  T* acc_x = buf.data();  // partial sums in T, flushed to float64 every kRowsPerFlush rows
-  T* shift = acc_x + c;
-  T* acc_d = shift + c;
-  T* acc_d2 = acc_d + c;
-  Workspace totals(static_cast<std::size_t>(2 * c));
-  double* tot = totals.data();
-  double* tot2 = tot + c;
+  constexpr int64_t kTile = kChains * V::width;
   const double count = static_cast<double>(r1 - r0);
-  auto flush_due = [&](int64_t r) { return (r - r0 + 1) % kRowsPerFlush == 0 || r + 1 == r1; };
 
-  zero(tot, 2 * c);
+  Chains<T> acc = Chains<T>::zero();
+  WideSum<T> tot[kChains];
+  for (auto& t : tot) t = WideSum<T>::zero();
   for (int64_t r = r0; r < r1; ++r) {
-    const T* xr = x + r * c;
-    for_columns<T>(
-        c, [&](int64_t j) { (V::load(acc_x + j) + V::load(xr + j)).store(acc_x + j); },
-        [&](int64_t j) { acc_x[j] += xr[j]; });
-    if (flush_due(r)) flush_columns(tot, acc_x, c);
+    const T* xr = x + r * cols + j0;
+    for (int u = 0; u < kChains; ++u) acc.acc[u] = acc.acc[u] + V::load(xr + u * V::width);
+    if (flush_due(r, r0, r1))
+      for (int u = 0; u < kChains; ++u) {
+        tot[u].add(Wide<T>::of(acc.acc[u]));
+        acc.acc[u] = V::broadcast(T(0));
+      }
   }
-  for (int64_t j = 0; j < c; ++j) {
-    shift[j] = static_cast<T>(tot[j] / count);
-    tot[j] = 0.0;
-  }
+  double sum[kTile];
+  T shift[kTile];
+  for (int u = 0; u < kChains; ++u) tot[u].store(sum + u * V::width);
+  for (int64_t j = 0; j < kTile; ++j) shift[j] = static_cast<T>(sum[j] / count);
 
+  Chains<T> acc_d = Chains<T>::zero(), acc_d2 = Chains<T>::zero();
+  WideSum<T> tot_d[kChains], tot_d2[kChains];
+  for (int u = 0; u < kChains; ++u) tot_d[u] = tot_d2[u] = WideSum<T>::zero();
   for (int64_t r = r0; r < r1; ++r) {
-    const T* xr = x + r * c;
-    for_columns<T>(
-        c,
-        [&](int64_t j) {
-          const V d = V::load(xr + j) - V::load(shift + j);
-          (V::load(acc_d + j) + d).store(acc_d + j);
-          fmadd(d, d, V::load(acc_d2 + j)).store(acc_d2 + j);
-        },
-        [&](int64_t j) {
-          const T d = xr[j] - shift[j];
-          acc_d[j] += d;
-          acc_d2[j] = fma_scalar(d, d, acc_d2[j]);
-        });
-    if (flush_due(r)) {
-      flush_columns(tot, acc_d, c);
-      flush_columns(tot2, acc_d2, c);
+    const T* xr = x + r * cols + j0;
+    for (int u = 0; u < kChains; ++u) {
+      const V d = V::load(xr + u * V::width) - V::load(shift + u * V::width);
+      acc_d.acc[u] = acc_d.acc[u] + d;
+      acc_d2.acc[u] = fmadd(d, d, acc_d2.acc[u]);
     }
+    if (flush_due(r, r0, r1))
+      for (int u = 0; u < kChains; ++u) {
+        tot_d[u].add(Wide<T>::of(acc_d.acc[u]));
+        tot_d2[u].add(Wide<T>::of(acc_d2.acc[u]));
+        acc_d.acc[u] = acc_d2.acc[u] = V::broadcast(T(0));
+      }
   }
-  for (int64_t j = 0; j < c; ++j)
-    store_moments(moments + 3 * j, Moments{count, static_cast<double>(shift[j]) + tot[j] / count,
-                                           tot2[j] - tot[j] * tot[j] / count});
+  double sd[kTile], sd2[kTile];
+  for (int u = 0; u < kChains; ++u) {
+    tot_d[u].store(sd + u * V::width);
+    tot_d2[u].store(sd2 + u * V::width);
+  }
+  for (int64_t j = 0; j < kTile; ++j)
+    store_moments(out + 3 * j, Moments{count, static_cast<double>(shift[j]) + sd[j] / count,
+                                       sd2[j] - sd[j] * sd[j] / count});
 }
 
-// Per-channel sums of g = dy and g * xhat over one run (s > 1), blocked into float64.
+// The same for one column (the columns past the last full tile), in scalars.
+template <class T>
+void column_moments(double* out, const T* x, int64_t cols, int64_t j, int64_t r0, int64_t r1) {
+  const double count = static_cast<double>(r1 - r0);
+  T acc = T(0);
+  double sum = 0.0;
+  for (int64_t r = r0; r < r1; ++r) {
+    acc += x[r * cols + j];
+    if (flush_due(r, r0, r1)) {
+      sum += static_cast<double>(acc);
+      acc = T(0);
+    }
+  }
+  const T shift = static_cast<T>(sum / count);
+  T acc_d = T(0), acc_d2 = T(0);
+  double sd = 0.0, sd2 = 0.0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T d = x[r * cols + j] - shift;
+    acc_d += d;
+    acc_d2 = fma_scalar(d, d, acc_d2);
+    if (flush_due(r, r0, r1)) {
+      sd += static_cast<double>(acc_d);
+      sd2 += static_cast<double>(acc_d2);
+      acc_d = acc_d2 = T(0);
+    }
+  }
+  store_moments(out, Moments{count, static_cast<double>(shift) + sd / count, sd2 - sd * sd / count});
+}
+
+// Sums of dy and dy * xhat for columns [j0, j0 + kChains * W) over rows [r0, r1), with
+// per-column mean and invstd. Scalar math: xhat = (x - mean) * invstd; sums += (dy, dy * xhat)
+// out: 2 doubles per column.
+template <class T>
+void tile_grad_sums(double* out, const T* dy, const T* x, const T* mean, const T* invstd,
+                    int64_t cols, int64_t j0, int64_t r0, int64_t r1) {
+  using V = Vec<T>;
+  constexpr int64_t kTile = kChains * V::width;
+  V mean_v[kChains], invstd_v[kChains];
+  for (int u = 0; u < kChains; ++u) {
+    mean_v[u] = V::load(mean + j0 + u * V::width);
+    invstd_v[u] = V::load(invstd + j0 + u * V::width);
+  }
+  Chains<T> acc_dy = Chains<T>::zero(), acc_dyx = Chains<T>::zero();
+  WideSum<T> tot_dy[kChains], tot_dyx[kChains];
+  for (int u = 0; u < kChains; ++u) tot_dy[u] = tot_dyx[u] = WideSum<T>::zero();
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t off = r * cols + j0;
+    for (int u = 0; u < kChains; ++u) {
+      const V d = V::load(dy + off + u * V::width);
+      const V xhat = (V::load(x + off + u * V::width) - mean_v[u]) * invstd_v[u];
+      acc_dy.acc[u] = acc_dy.acc[u] + d;
+      acc_dyx.acc[u] = fmadd(d, xhat, acc_dyx.acc[u]);
+    }
+    if (flush_due(r, r0, r1))
+      for (int u = 0; u < kChains; ++u) {
+        tot_dy[u].add(Wide<T>::of(acc_dy.acc[u]));
+        tot_dyx[u].add(Wide<T>::of(acc_dyx.acc[u]));
+        acc_dy.acc[u] = acc_dyx.acc[u] = V::broadcast(T(0));
+      }
+  }
+  double s_dy[kTile], s_dyx[kTile];
+  for (int u = 0; u < kChains; ++u) {
+    tot_dy[u].store(s_dy + u * V::width);
+    tot_dyx[u].store(s_dyx + u * V::width);
+  }
+  for (int64_t j = 0; j < kTile; ++j) {
+    out[2 * j] = s_dy[j];
+    out[2 * j + 1] = s_dyx[j];
+  }
+}
+
+template <class T>
+void column_grad_sums(double* out, const T* dy, const T* x, const T* mean, const T* invstd,
+                      int64_t cols, int64_t j, int64_t r0, int64_t r1) {
+  T acc_dy = T(0), acc_dyx = T(0);
+  double s_dy = 0.0, s_dyx = 0.0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T d = dy[r * cols + j];
+    const T xhat = (x[r * cols + j] - mean[j]) * invstd[j];
+    acc_dy += d;
+    acc_dyx = fma_scalar(d, xhat, acc_dyx);
+    if (flush_due(r, r0, r1)) {
+      s_dy += static_cast<double>(acc_dy);
+      s_dyx += static_cast<double>(acc_dyx);
+      acc_dy = acc_dyx = T(0);
+    }
+  }
+  out[0] = s_dy;
+  out[1] = s_dyx;
+}
+
+// Calls tile(j) for each full register tile of columns in [j0, j1) and column(j) for the rest.
+template <class T, class Tile, class Column>
+void for_tiles(int64_t j0, int64_t j1, const Tile& tile, const Column& column) {
+  constexpr int64_t kTile = kChains * Vec<T>::width;
+  int64_t j = j0;
+  for (; j + kTile <= j1; j += kTile) tile(j);
+  for (; j < j1; ++j) column(j);
+}
+
+// Per-channel values expanded to the c * s columns of the column layout.
+template <class T>
+void expand_to_columns(T* out, const T* per_channel, const Shape& sh) {
+  for (int64_t ch = 0; ch < sh.c; ++ch)
+    for (int64_t k = 0; k < sh.s; ++k) out[ch * sh.s + k] = per_channel[ch];
+}
+
+// Runs layout: sums of dy and dy * xhat over one chunk of a run.
 // Scalar math: xhat = (x - mean) * invstd;  sums += (dy, dy * xhat)
 template <class T>
-void run_grad_sums(double& sum_dy, double& sum_dy_xhat, const T* dy, const T* x, T mean,
-                   T invstd, int64_t n) {
+void chunk_grad_sums(double* out, const T* dy, const T* x, T mean, T invstd, int64_t n) {
   using V = Vec<T>;
   const int64_t n_vec = n - n % V::width;
   const V mean_v = V::broadcast(mean), invstd_v = V::broadcast(invstd);
@@ -171,58 +262,20 @@ void run_grad_sums(double& sum_dy, double& sum_dy_xhat, const T* dy, const T* x,
     tail_dy += static_cast<double>(dy[j]);
     tail_dyx += static_cast<double>(dy[j]) * static_cast<double>(xhat);
   }
-  sum_dy += t_dy.total() + tail_dy;
-  sum_dy_xhat += t_dyx.total() + tail_dyx;
-}
-
-// Per-channel sums over rows [r0, r1) of a (rows, c) table into sums (c pairs).
-template <class T>
-void block_column_grad_sums(double* sums, const T* dy, const T* x, const T* mean,
-                            const T* invstd, int64_t r0, int64_t r1, int64_t c) {
-  using V = Vec<T>;
-  TaskBuffer<T> acc_buf(2 * c);
-  Workspace tot_buf(static_cast<std::size_t>(2 * c));
-  T* acc_dy = acc_buf.data();  // partial sums in T, flushed to float64 every kRowsPerFlush rows
-  T* acc_dyx = acc_dy + c;
-  double* tot_dy = tot_buf.data();
-  double* tot_dyx = tot_dy + c;
-  zero(tot_dy, 2 * c);
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* dyr = dy + r * c;
-    const T* xr = x + r * c;
-    for_columns<T>(
-        c,
-        [&](int64_t j) {
-          const V d = V::load(dyr + j);
-          const V xhat = (V::load(xr + j) - V::load(mean + j)) * V::load(invstd + j);
-          (V::load(acc_dy + j) + d).store(acc_dy + j);
-          fmadd(d, xhat, V::load(acc_dyx + j)).store(acc_dyx + j);
-        },
-        [&](int64_t j) {
-          const T xhat = (xr[j] - mean[j]) * invstd[j];
-          acc_dy[j] += dyr[j];
-          acc_dyx[j] = fma_scalar(dyr[j], xhat, acc_dyx[j]);
-        });
-    if ((r - r0 + 1) % kRowsPerFlush == 0 || r + 1 == r1) {
-      flush_columns(tot_dy, acc_dy, c);
-      flush_columns(tot_dyx, acc_dyx, c);
-    }
-  }
-  for (int64_t j = 0; j < c; ++j) {
-    sums[2 * j] = tot_dy[j];
-    sums[2 * j + 1] = tot_dyx[j];
-  }
+  out[0] = t_dy.total() + tail_dy;
+  out[1] = t_dyx.total() + tail_dyx;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Element-wise passes
 
-// Scalar math: y = ((x - mean_hi) - mean_lo) * scale + shift
+// Scalar math: y = ((x - mean_hi) - mean_lo) * scale + shift, per channel (runs) or per
+// column (columns: the arrays are given per column).
 template <class T, bool kStream>
 void apply_impl(T* y, const T* x, const T* mean_hi, const T* mean_lo, const T* scale,
                 const T* shift, const Shape& sh) {
   using V = Vec<T>;
-  if (sh.s > 1) {
+  if (!sh.columns()) {
     parallel_for(sh.n * sh.c, sh.s, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t ch = t % sh.c;
@@ -239,33 +292,37 @@ void apply_impl(T* y, const T* x, const T* mean_hi, const T* mean_lo, const T* s
     });
     return;
   }
-  parallel_for(sh.n, sh.c, [&](int64_t r0, int64_t r1) {
+  const int64_t cols = sh.cols();
+  parallel_for(sh.n, cols, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const T* xr = x + r * sh.c;
+      const T* xr = x + r * cols;
       elementwise<T, kStream>(
-          y + r * sh.c, sh.c,
+          y + r * cols, cols,
           [&](int64_t j) {
             return fmadd((V::load(xr + j) - V::load(mean_hi + j)) - V::load(mean_lo + j),
                          V::load(scale + j), V::load(shift + j));
           },
-          [&](int64_t j) { return fma_scalar((xr[j] - mean_hi[j]) - mean_lo[j], scale[j], shift[j]); });
+          [&](int64_t j) {
+            return fma_scalar((xr[j] - mean_hi[j]) - mean_lo[j], scale[j], shift[j]);
+          });
     }
     if constexpr (kStream) stream_fence();
   });
 }
 
 // Training: dx = k * (dy - a - xhat * b),  xhat = (x - mean) * invstd
-// Eval (x == nullptr): dx = k * dy
+// Eval: dx = k * dy.   Per channel (runs) or per column (columns).
 template <class T, bool kStream, bool kTraining>
 void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T* invstd,
                          const T* k, const T* a, const T* b, const Shape& sh) {
   using V = Vec<T>;
-  if (sh.s > 1) {
+  if (!sh.columns()) {
     parallel_for(sh.n * sh.c, sh.s, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t ch = t % sh.c;
         const T* dyr = dy + t * sh.s;
-        const V k_v = V::broadcast(k[ch]);
+        const T k_c = k[ch];
+        const V k_v = V::broadcast(k_c);
         if constexpr (kTraining) {
           const T* xr = x + t * sh.s;
           const T m = mean[ch], is = invstd[ch], a_c = a[ch], nb = -b[ch];
@@ -279,29 +336,30 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
               },
               [&](int64_t j) {
                 const T xhat = (xr[j] - m) * is;
-                return fma_scalar(xhat, nb, dyr[j] - a_c) * k[ch];
+                return fma_scalar(xhat, nb, dyr[j] - a_c) * k_c;
               });
         } else {
           elementwise<T, kStream>(
               dx + t * sh.s, sh.s, [&](int64_t j) { return V::load(dyr + j) * k_v; },
-              [&](int64_t j) { return dyr[j] * k[ch]; });
+              [&](int64_t j) { return dyr[j] * k_c; });
         }
       }
       if constexpr (kStream) stream_fence();
     });
     return;
   }
-  parallel_for(sh.n, sh.c, [&](int64_t r0, int64_t r1) {
+  const int64_t cols = sh.cols();
+  parallel_for(sh.n, cols, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const T* dyr = dy + r * sh.c;
+      const T* dyr = dy + r * cols;
       if constexpr (kTraining) {
-        const T* xr = x + r * sh.c;
+        const T* xr = x + r * cols;
         elementwise<T, kStream>(
-            dx + r * sh.c, sh.c,
+            dx + r * cols, cols,
             [&](int64_t j) {
               const V xhat = (V::load(xr + j) - V::load(mean + j)) * V::load(invstd + j);
-              const V nb = V::broadcast(T(0)) - V::load(b + j);
-              return fmadd(xhat, nb, V::load(dyr + j) - V::load(a + j)) * V::load(k + j);
+              const V neg_b = V::broadcast(T(0)) - V::load(b + j);
+              return fmadd(xhat, neg_b, V::load(dyr + j) - V::load(a + j)) * V::load(k + j);
             },
             [&](int64_t j) {
               const T xhat = (xr[j] - mean[j]) * invstd[j];
@@ -309,7 +367,7 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
             });
       } else {
         elementwise<T, kStream>(
-            dx + r * sh.c, sh.c, [&](int64_t j) { return V::load(dyr + j) * V::load(k + j); },
+            dx + r * cols, cols, [&](int64_t j) { return V::load(dyr + j) * V::load(k + j); },
             [&](int64_t j) { return dyr[j] * k[j]; });
       }
     }
@@ -317,109 +375,156 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
   });
 }
 
+// Per-channel arrays (length c) expanded per column for the column layout; nullptr stays null.
+template <class T>
+struct ColumnArrays {
+  TaskBuffer<T> buf;
+  const T* cols[5];
+  ColumnArrays(const Shape& sh, const T* const (&per_channel)[5])
+      : buf(sh.columns() && sh.s > 1 ? 5 * sh.cols() : 0) {
+    for (int i = 0; i < 5; ++i) {
+      if (!sh.columns() || sh.s == 1 || per_channel[i] == nullptr) {
+        cols[i] = per_channel[i];
+      } else {
+        T* out = buf.data() + i * sh.cols();
+        expand_to_columns(out, per_channel[i], sh);
+        cols[i] = out;
+      }
+    }
+  }
+};
+
 }  // namespace
 
 template <class T>
 void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t c, int64_t s) {
   const Shape sh{n, c, s};
-  if (s > 1) {
-    const int64_t per = sh.runs_per_group(), groups = sh.n_groups();
-    Workspace ws(static_cast<std::size_t>(3 * c * groups));
-    double* parts = ws.data();  // (c, groups, 3)
-    parallel_for(c * groups, per * s, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t ch = t / groups, i0 = (t % groups) * per;
-        const int64_t i1 = i0 + per < n ? i0 + per : n;
-        Moments m = run_moments(x + (i0 * c + ch) * s, s);
-        for (int64_t i = i0 + 1; i < i1; ++i) m = merge(m, run_moments(x + (i * c + ch) * s, s));
-        store_moments(parts + 3 * t, m);
+  if (!sh.columns()) {
+    const int64_t per_run = sh.chunks_per_run(), units = sh.n_units();
+    Workspace ws(static_cast<std::size_t>(3 * units));
+    double* parts = ws.data();  // (n, c, chunks_per_run, 3), memory order
+    parallel_for(units, s < kChunk ? s : kChunk, [&](int64_t u0, int64_t u1) {
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t run = u / per_run, c0 = (u % per_run) * kChunk;
+        const int64_t len = s - c0 < kChunk ? s - c0 : kChunk;
+        store_moments(parts + 3 * u, chunk_moments(x + run * s + c0, len));
       }
     });
-    for (int64_t ch = 0; ch < c; ++ch) {
-      Moments m = load_moments(parts + 3 * ch * groups);
-      for (int64_t g = 1; g < groups; ++g) m = merge(m, load_moments(parts + 3 * (ch * groups + g)));
+    parallel_for(c, 3 * n * per_run, [&](int64_t c0, int64_t c1) {
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        // part q = (image i, chunk k) of this channel
+        const Moments m = combine(n * per_run, [&](int64_t q) {
+          return parts + 3 * (((q / per_run) * c + ch) * per_run + q % per_run);
+        });
+        mean[ch] = m.mean;
+        var[ch] = biased_variance(m);
+      }
+    });
+    return;
+  }
+  const int64_t cols = sh.cols(), blocks = sh.n_blocks();
+  Workspace ws(static_cast<std::size_t>(3 * cols * blocks));
+  double* parts = ws.data();  // (blocks, cols, 3)
+  parallel_for(blocks * sh.n_col_groups(), kBlockRows * kColGroup, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t r0, r1, j0, j1;
+      sh.task(t, r0, r1, j0, j1);
+      double* out = parts + 3 * cols * (r0 / kBlockRows);
+      for_tiles<T>(
+          j0, j1, [&](int64_t j) { tile_moments(out + 3 * j, x, cols, j, r0, r1); },
+          [&](int64_t j) { column_moments(out + 3 * j, x, cols, j, r0, r1); });
+    }
+  });
+  parallel_for(c, 3 * blocks * s, [&](int64_t c0, int64_t c1) {
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      // part q = (block b, column k of the channel)
+      const Moments m = combine(blocks * s, [&](int64_t q) {
+        return parts + 3 * ((q / s) * cols + ch * s + q % s);
+      });
       mean[ch] = m.mean;
       var[ch] = biased_variance(m);
     }
-    return;
-  }
-  const int64_t rows = sh.rows_per_block(), blocks = sh.n_blocks();
-  Workspace ws(static_cast<std::size_t>(3 * c * blocks));
-  double* parts = ws.data();  // (blocks, c, 3)
-  parallel_for(blocks, rows * c, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t r0 = b * rows, r1 = r0 + rows < n ? r0 + rows : n;
-      block_column_moments(parts + 3 * c * b, x, r0, r1, c);
-    }
   });
-  for (int64_t ch = 0; ch < c; ++ch) {
-    Moments m = load_moments(parts + 3 * ch);
-    for (int64_t b = 1; b < blocks; ++b) m = merge(m, load_moments(parts + 3 * (b * c + ch)));
-    mean[ch] = m.mean;
-    var[ch] = biased_variance(m);
-  }
 }
 
 template <class T>
 void batch_norm_apply(T* y, const T* x, const T* mean_hi, const T* mean_lo, const T* scale,
                       const T* shift, int64_t n, int64_t c, int64_t s) {
   const Shape sh{n, c, s};
+  const ColumnArrays<T> arr(sh, {mean_hi, mean_lo, scale, shift, nullptr});
   if (stream_output<T>(sh))
-    apply_impl<T, true>(y, x, mean_hi, mean_lo, scale, shift, sh);
+    apply_impl<T, true>(y, x, arr.cols[0], arr.cols[1], arr.cols[2], arr.cols[3], sh);
   else
-    apply_impl<T, false>(y, x, mean_hi, mean_lo, scale, shift, sh);
+    apply_impl<T, false>(y, x, arr.cols[0], arr.cols[1], arr.cols[2], arr.cols[3], sh);
 }
 
 template <class T>
 void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, const T* dy, const T* x,
                           const T* mean, const T* invstd, int64_t n, int64_t c, int64_t s) {
   const Shape sh{n, c, s};
-  if (s > 1) {
-    const int64_t per = sh.runs_per_group(), groups = sh.n_groups();
-    Workspace ws(static_cast<std::size_t>(2 * c * groups));
-    double* parts = ws.data();  // (c, groups, 2)
-    parallel_for(c * groups, 2 * per * s, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t ch = t / groups, i0 = (t % groups) * per;
-        const int64_t i1 = i0 + per < n ? i0 + per : n;
-        double s_dy = 0.0, s_dyx = 0.0;
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t off = (i * c + ch) * s;
-          run_grad_sums(s_dy, s_dyx, dy + off, x + off, mean[ch], invstd[ch], s);
-        }
-        parts[2 * t] = s_dy;
-        parts[2 * t + 1] = s_dyx;
+  if (!sh.columns()) {
+    const int64_t per_run = sh.chunks_per_run(), units = sh.n_units();
+    Workspace ws(static_cast<std::size_t>(2 * units));
+    double* parts = ws.data();  // (n, c, chunks_per_run, 2), memory order
+    parallel_for(units, 2 * (s < kChunk ? s : kChunk), [&](int64_t u0, int64_t u1) {
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t run = u / per_run, c0 = (u % per_run) * kChunk;
+        const int64_t len = s - c0 < kChunk ? s - c0 : kChunk;
+        const int64_t ch = run % c, off = run * s + c0;
+        chunk_grad_sums(parts + 2 * u, dy + off, x + off, mean[ch], invstd[ch], len);
       }
     });
-    for (int64_t ch = 0; ch < c; ++ch) {
-      double s_dy = 0.0, s_dyx = 0.0;
-      for (int64_t g = 0; g < groups; ++g) {
-        s_dy += parts[2 * (ch * groups + g)];
-        s_dyx += parts[2 * (ch * groups + g) + 1];
+    parallel_for(c, 2 * n * per_run, [&](int64_t c0, int64_t c1) {
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        double s_dy = 0.0, s_dyx = 0.0;
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t k = 0; k < per_run; ++k) {
+            const double* p = parts + 2 * ((i * c + ch) * per_run + k);
+            s_dy += p[0];
+            s_dyx += p[1];
+          }
+        sum_dy[ch] = s_dy;
+        sum_dy_xhat[ch] = s_dyx;
       }
+    });
+    return;
+  }
+  const ColumnArrays<T> arr(sh, {mean, invstd, nullptr, nullptr, nullptr});
+  const T* mean_col = arr.cols[0];
+  const T* invstd_col = arr.cols[1];
+  const int64_t cols = sh.cols(), blocks = sh.n_blocks();
+  Workspace ws(static_cast<std::size_t>(2 * cols * blocks));
+  double* parts = ws.data();  // (blocks, cols, 2)
+  parallel_for(blocks * sh.n_col_groups(), 2 * kBlockRows * kColGroup,
+               [&](int64_t t0, int64_t t1) {
+                 for (int64_t t = t0; t < t1; ++t) {
+                   int64_t r0, r1, j0, j1;
+                   sh.task(t, r0, r1, j0, j1);
+                   double* out = parts + 2 * cols * (r0 / kBlockRows);
+                   for_tiles<T>(
+                       j0, j1,
+                       [&](int64_t j) {
+                         tile_grad_sums(out + 2 * j, dy, x, mean_col, invstd_col, cols, j, r0, r1);
+                       },
+                       [&](int64_t j) {
+                         column_grad_sums(out + 2 * j, dy, x, mean_col, invstd_col, cols, j, r0,
+                                          r1);
+                       });
+                 }
+               });
+  parallel_for(c, 2 * blocks * s, [&](int64_t c0, int64_t c1) {
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      double s_dy = 0.0, s_dyx = 0.0;
+      for (int64_t b = 0; b < blocks; ++b)
+        for (int64_t k = 0; k < s; ++k) {
+          const double* p = parts + 2 * (b * cols + ch * s + k);
+          s_dy += p[0];
+          s_dyx += p[1];
+        }
       sum_dy[ch] = s_dy;
       sum_dy_xhat[ch] = s_dyx;
     }
-    return;
-  }
-  const int64_t rows = sh.rows_per_block(), blocks = sh.n_blocks();
-  Workspace ws(static_cast<std::size_t>(2 * c * blocks));
-  double* parts = ws.data();  // (blocks, c, 2)
-  parallel_for(blocks, 2 * rows * c, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t r0 = b * rows, r1 = r0 + rows < n ? r0 + rows : n;
-      block_column_grad_sums(parts + 2 * c * b, dy, x, mean, invstd, r0, r1, c);
-    }
   });
-  for (int64_t ch = 0; ch < c; ++ch) {
-    double s_dy = 0.0, s_dyx = 0.0;
-    for (int64_t b = 0; b < blocks; ++b) {
-      s_dy += parts[2 * (b * c + ch)];
-      s_dyx += parts[2 * (b * c + ch) + 1];
-    }
-    sum_dy[ch] = s_dy;
-    sum_dy_xhat[ch] = s_dyx;
-  }
 }
 
 template <class T>
@@ -428,16 +533,18 @@ void batch_norm_backward_apply(T* dx, const T* dy, const T* x, const T* mean, co
                                int64_t s) {
   const Shape sh{n, c, s};
   const bool stream = stream_output<T>(sh);
+  const ColumnArrays<T> arr(sh, {mean, invstd, k, a, b});
+  const T* const* p = arr.cols;
   if (x) {
     if (stream)
-      backward_apply_impl<T, true, true>(dx, dy, x, mean, invstd, k, a, b, sh);
+      backward_apply_impl<T, true, true>(dx, dy, x, p[0], p[1], p[2], p[3], p[4], sh);
     else
-      backward_apply_impl<T, false, true>(dx, dy, x, mean, invstd, k, a, b, sh);
+      backward_apply_impl<T, false, true>(dx, dy, x, p[0], p[1], p[2], p[3], p[4], sh);
   } else {
     if (stream)
-      backward_apply_impl<T, true, false>(dx, dy, x, mean, invstd, k, a, b, sh);
+      backward_apply_impl<T, true, false>(dx, dy, x, p[0], p[1], p[2], p[3], p[4], sh);
     else
-      backward_apply_impl<T, false, false>(dx, dy, x, mean, invstd, k, a, b, sh);
+      backward_apply_impl<T, false, false>(dx, dy, x, p[0], p[1], p[2], p[3], p[4], sh);
   }
 }
 

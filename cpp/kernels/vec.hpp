@@ -209,6 +209,10 @@ struct WideSum {
   void add(Wide<T> a) {
     for (int k = 0; k < Wide<T>::parts; ++k) part[k] = part[k] + a.part[k];
   }
+  // The float64 lanes, in the order of the Vec<T> lanes they came from.
+  void store(double* p) const {
+    for (int k = 0; k < Wide<T>::parts; ++k) part[k].store(p + k * Vec<double>::width);
+  }
   double total() const {
     Vec<double> s = part[0];
     for (int k = 1; k < Wide<T>::parts; ++k) s = s + part[k];

@@ -6,7 +6,7 @@ checked NumPy API over them. ``normkit.reference`` holds plain-NumPy versions of
 
 from ._batch_norm import batch_norm, batch_norm_backward, batch_norm_forward, fold_batch_norm
 from ._layer_norm import layer_norm, layer_norm_backward, layer_norm_forward
-from ._runtime import get_num_threads, info, set_num_threads
+from ._runtime import get_num_threads, info, release_cached_memory, set_num_threads
 from .layers import BatchNorm, LayerNorm, Module
 
 __version__ = info()["version"]
@@ -24,5 +24,6 @@ __all__ = [
     "layer_norm",
     "layer_norm_backward",
     "layer_norm_forward",
+    "release_cached_memory",
     "set_num_threads",
 ]

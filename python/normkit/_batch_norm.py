@@ -79,7 +79,7 @@ def _forward(x, running_mean, running_var, gamma, beta, training, momentum, eps,
     if running_mean is None and count < 1:
         raise ValueError(f"x: no values per channel to take statistics from (shape {x.shape})")
     if out is None:
-        y = np.empty(x.shape, x.dtype)
+        y = _core.empty(x.shape, x.dtype)
     else:
         y = _checks.out_array(out, x.shape, x.dtype)
         x = _checks.unaliased(x, y, allow_same=True)
@@ -134,7 +134,7 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, axis=
     invstd = _checks.like(invstd, "invstd", x.dtype, (c,))
     gamma = _checks.optional_like(gamma, "gamma", x.dtype, (c,))
     x = np.ascontiguousarray(x)
-    dx = np.empty(x.shape, x.dtype)
+    dx = _core.empty(x.shape, x.dtype)
     dgamma = dbeta = None
     if gamma is not None:
         dgamma = np.empty(c, x.dtype)

@@ -26,7 +26,7 @@ def _forward(x, gamma, beta, eps, axis, out):
     gamma = _checks.optional_like(gamma, "gamma", x.dtype, norm_shape)
     beta = _checks.optional_like(beta, "beta", x.dtype, norm_shape)
     if out is None:
-        y = np.empty(x.shape, x.dtype)
+        y = _core.empty(x.shape, x.dtype)
     else:
         y = _checks.out_array(out, x.shape, x.dtype)
         x = _checks.unaliased(x, y, allow_same=True)
@@ -73,7 +73,7 @@ def layer_norm_backward(dy, x, mean, rstd, gamma=None, *, axis=-1):
     rstd = _checks.like(rstd, "rstd", x.dtype, batch_shape)
     gamma = _checks.optional_like(gamma, "gamma", x.dtype, norm_shape)
     x = np.ascontiguousarray(x)
-    dx = np.empty(x.shape, x.dtype)
+    dx = _core.empty(x.shape, x.dtype)
     dgamma = dbeta = None
     if gamma is not None:
         dgamma = np.empty(norm_shape, x.dtype)

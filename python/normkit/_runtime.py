@@ -24,6 +24,16 @@ def set_num_threads(n: int) -> None:
     _core.set_num_threads(n)
 
 
+def release_cached_memory() -> int:
+    """Free the output buffers normkit keeps for reuse; returns the bytes freed.
+
+    Outputs of 1 MiB or more are allocated from a cache: when such an array is freed its
+    memory is kept (up to 1 GiB in all) for the next call of the same size, which then skips
+    the page faults of fresh memory. Call this to hand that memory back to the system.
+    """
+    return int(_core.release_cached_memory())
+
+
 def _version() -> str:
     try:
         return metadata.version("normkit")
@@ -39,4 +49,5 @@ def info() -> dict:
         "isa_available": list(_core.available_isas()),
         "num_threads": _core.get_num_threads(),
         "openmp": bool(_core.openmp_enabled()),
+        "cached_bytes": int(_core.cached_bytes()),
     }
