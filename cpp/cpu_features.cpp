@@ -1,5 +1,9 @@
 #include "cpu_features.hpp"
 
+#include <unistd.h>
+
+#include <cstdio>
+
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define NORMKIT_X86 1
 #include <cpuid.h>
@@ -47,6 +51,39 @@ CpuFeatures detect() { return {}; }
 #endif
 
 }  // namespace
+
+namespace {
+
+// Last-level cache size from Linux's sysfs ("32768K"), else the C library, else 0.
+long long last_level_cache_bytes() {
+  static const char* const paths[] = {"/sys/devices/system/cpu/cpu0/cache/index3/size",
+                                      "/sys/devices/system/cpu/cpu0/cache/index2/size"};
+  for (const char* path : paths) {
+    if (std::FILE* f = std::fopen(path, "r")) {
+      long long value = 0;
+      char unit = 0;
+      const int got = std::fscanf(f, "%lld%c", &value, &unit);
+      std::fclose(f);
+      if (got >= 1 && value > 0) return unit == 'K' ? value << 10 : unit == 'M' ? value << 20 : value;
+    }
+  }
+#ifdef _SC_LEVEL3_CACHE_SIZE
+  return sysconf(_SC_LEVEL3_CACHE_SIZE);
+#else
+  return 0;
+#endif
+}
+
+}  // namespace
+
+long long stream_threshold_bytes() {
+  static const long long bytes = [] {
+    const long long llc = last_level_cache_bytes();
+    if (llc <= 0) return 32ll << 20;
+    return llc < (8ll << 20) ? 8ll << 20 : llc > (64ll << 20) ? 64ll << 20 : llc;
+  }();
+  return bytes;
+}
 
 const CpuFeatures& cpu_features() {
   static const CpuFeatures features = detect();

@@ -11,4 +11,9 @@ struct CpuFeatures {
 // Read once from CPUID and XGETBV; all false on non-x86 CPUs.
 const CpuFeatures& cpu_features();
 
+// Outputs at least this large are written with streaming (cache-bypassing) stores: they and
+// their inputs cannot stay in the last-level cache anyway. The size of that cache (sysfs, else
+// the C library; 32 MiB if neither says), clamped to [8 MiB, 64 MiB]; read once.
+long long stream_threshold_bytes();
+
 }  // namespace normkit

@@ -19,6 +19,7 @@
 #include "kernels/moments.hpp"
 #include "kernels/scratch.hpp"
 #include "kernels/vec.hpp"
+#include "cpu_features.hpp"
 #include "threading.hpp"
 
 namespace normkit {
@@ -29,7 +30,6 @@ constexpr int64_t kMinRun = 16;               // shorter runs use the column lay
 constexpr int64_t kBlockRows = 256;  // column layout: a task takes kBlockRows rows
 constexpr int64_t kColGroup = 256;   // ... of kColGroup columns (a multiple of every tile width)
 constexpr int64_t kRowsPerFlush = 4;          // rows summed in T before float64 (columns)
-constexpr int64_t kStreamBytes = int64_t{8} << 20;
 
 struct Shape {
   int64_t n, c, s;
@@ -54,7 +54,7 @@ struct Shape {
 
 template <class T>
 bool stream_output(const Shape& sh) {
-  return sh.n * sh.c * sh.s * int64_t{sizeof(T)} >= kStreamBytes;
+  return sh.n * sh.c * sh.s * int64_t{sizeof(T)} >= stream_threshold_bytes();
 }
 
 void store_moments(double* p, const Moments& m) {

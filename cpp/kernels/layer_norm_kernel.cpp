@@ -16,6 +16,7 @@
 #include "kernels/moments.hpp"
 #include "kernels/scratch.hpp"
 #include "kernels/vec.hpp"
+#include "cpu_features.hpp"
 #include "threading.hpp"
 
 namespace normkit {
@@ -221,7 +222,7 @@ struct BackwardArgs {
 };
 
 // Rows whose dgamma/dbeta contributions are summed in T before going to the float64 partials.
-constexpr int64_t kRowsPerFlush = 4;
+constexpr int64_t kRowsPerFlush = 16;
 
 bool flush_due(const Plan& p, int64_t block, int64_t row) {
   return (row - p.block_begin(block) + 1) % kRowsPerFlush == 0 || row + 1 == p.block_end(block);
@@ -282,12 +283,10 @@ void reduce_param_grads(T* dgamma, T* dbeta, const double* dgamma_part,
   });
 }
 
-// Outputs at least this large are written with streaming stores: they cannot stay in cache.
-constexpr int64_t kStreamBytes = int64_t{8} << 20;
 
 template <class T>
 bool stream_output(int64_t rows, int64_t cols) {
-  return rows * cols * int64_t{sizeof(T)} >= kStreamBytes;
+  return rows * cols * int64_t{sizeof(T)} >= stream_threshold_bytes();
 }
 
 template <class T, bool kStream>
