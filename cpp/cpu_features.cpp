@@ -78,9 +78,10 @@ long long last_level_cache_bytes() {
 
 long long stream_threshold_bytes() {
   static const long long bytes = [] {
-    const long long llc = last_level_cache_bytes();
-    if (llc <= 0) return 32ll << 20;
-    return llc < (8ll << 20) ? 8ll << 20 : llc > (64ll << 20) ? 64ll << 20 : llc;
+    long long llc = last_level_cache_bytes();
+    if (llc <= 0) llc = 32ll << 20;
+    const long long quarter = llc / 4;
+    return quarter < (8ll << 20) ? 8ll << 20 : quarter > (64ll << 20) ? 64ll << 20 : quarter;
   }();
   return bytes;
 }

@@ -11,9 +11,11 @@ struct CpuFeatures {
 // Read once from CPUID and XGETBV; all false on non-x86 CPUs.
 const CpuFeatures& cpu_features();
 
-// Outputs at least this large are written with streaming (cache-bypassing) stores: they and
-// their inputs cannot stay in the last-level cache anyway. The size of that cache (sysfs, else
-// the C library; 32 MiB if neither says), clamped to [8 MiB, 64 MiB]; read once.
+// Outputs at least this large are written with streaming (cache-bypassing) stores: a quarter
+// of the last-level cache (sysfs, else the C library; 32 MiB if neither says), clamped to
+// [8 MiB, 64 MiB]; read once. Past that, writing the output through the cache evicts the
+// inputs a kernel is about to read again (BatchNorm's second pass over x) and costs a
+// read-for-ownership of every output line.
 long long stream_threshold_bytes();
 
 }  // namespace normkit

@@ -29,7 +29,7 @@ namespace {
 constexpr int64_t kMinRun = 16;               // shorter runs use the column layout
 constexpr int64_t kBlockRows = 256;  // column layout: a task takes kBlockRows rows
 constexpr int64_t kColGroup = 256;   // ... of kColGroup columns (a multiple of every tile width)
-constexpr int64_t kRowsPerFlush = 4;          // rows summed in T before float64 (columns)
+constexpr int64_t kRowsPerFlush = 16;         // rows summed in T before float64 (columns)
 
 struct Shape {
   int64_t n, c, s;

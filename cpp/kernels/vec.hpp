@@ -224,7 +224,7 @@ struct WideSum {
 // of a chain takes at most kTermsPerLane terms before the chains are added into a float64
 // WideSum. float32 sums thus round in float32 over only a few terms, at float32 speed.
 constexpr int kChains = 4;
-constexpr int kTermsPerLane = 4;
+constexpr int kTermsPerLane = 16;
 
 template <class T>
 struct Chains {
