@@ -1,4 +1,4 @@
-"""``normkit`` command line: ``python -m normkit info``."""
+"""``normkit`` command line: ``python -m normkit info | compare``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.add_parser("info", help="show version, active ISA, threads")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_info)
+    p = commands.add_parser(
+        "compare", help="train small networks with BatchNorm, LayerNorm and neither; plot them"
+    )
+    from . import compare
+
+    compare.add_arguments(p)
+    p.set_defaults(run=compare.main)
     args = parser.parse_args(argv)
     return args.run(args)
 

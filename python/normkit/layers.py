@@ -91,6 +91,9 @@ class LayerNorm(Module):
     """
 
     _param_names = ("gamma", "beta")
+    # The functions doing the work (normkit.reference's layers swap in the NumPy versions).
+    _forward = staticmethod(layer_norm_forward)
+    _backward = staticmethod(layer_norm_backward)
 
     def __init__(
         self,
@@ -132,7 +135,7 @@ class LayerNorm(Module):
             raise ValueError(
                 f"x: expected trailing shape {self.normalized_shape}, got shape {x.shape}"
             )
-        y, mean, rstd = layer_norm_forward(x, self.gamma, self.beta, eps=self.eps, axis=self._axis)
+        y, mean, rstd = self._forward(x, self.gamma, self.beta, eps=self.eps, axis=self._axis)
         self._saved = (x, mean, rstd)
         return y
 
@@ -141,7 +144,7 @@ class LayerNorm(Module):
         if self._saved is None:
             raise RuntimeError("LayerNorm.backward called before forward")
         x, mean, rstd = self._saved
-        dx, dgamma, dbeta = layer_norm_backward(dy, x, mean, rstd, self.gamma, axis=self._axis)
+        dx, dgamma, dbeta = self._backward(dy, x, mean, rstd, self.gamma, axis=self._axis)
         self.grad_gamma = dgamma
         self.grad_beta = dbeta if self.beta is not None else None
         return dx
@@ -167,6 +170,8 @@ class BatchNorm(Module):
 
     _param_names = ("gamma", "beta")
     _buffer_names = ("running_mean", "running_var")
+    _forward = staticmethod(batch_norm_forward)
+    _backward = staticmethod(batch_norm_backward)
 
     def __init__(
         self,
@@ -220,7 +225,7 @@ class BatchNorm(Module):
             if self.momentum is None:  # cumulative moving average
                 momentum = 1.0 / (self.num_batches_tracked + 1)
         use_batch_stats = self.training or not self.track_running_stats
-        y, mean, invstd = batch_norm_forward(
+        y, mean, invstd = self._forward(
             x, self.running_mean, self.running_var, self.gamma, self.beta,
             training=use_batch_stats, momentum=momentum, eps=self.eps, axis=self.axis,
         )
@@ -234,7 +239,7 @@ class BatchNorm(Module):
         if self._saved is None:
             raise RuntimeError("BatchNorm.backward called before forward")
         x, mean, invstd, batch_stats = self._saved
-        dx, self.grad_gamma, self.grad_beta = batch_norm_backward(
+        dx, self.grad_gamma, self.grad_beta = self._backward(
             dy, x, mean, invstd, self.gamma, training=batch_stats, axis=self.axis
         )
         return dx

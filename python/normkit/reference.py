@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _checks
+from . import _checks, layers
 
 
 def _trailing(x: np.ndarray, axis) -> tuple[int, ...]:
@@ -110,3 +110,17 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, training=True, axis=1):
     if gamma is None:
         return dx, None, None
     return dx, (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
+
+
+class LayerNorm(layers.LayerNorm):
+    """:class:`normkit.LayerNorm` computed by the NumPy functions above (same API and state)."""
+
+    _forward = staticmethod(layer_norm_forward)
+    _backward = staticmethod(layer_norm_backward)
+
+
+class BatchNorm(layers.BatchNorm):
+    """:class:`normkit.BatchNorm` computed by the NumPy functions above (same API and state)."""
+
+    _forward = staticmethod(batch_norm_forward)
+    _backward = staticmethod(batch_norm_backward)
