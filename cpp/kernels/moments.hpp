@@ -24,6 +24,7 @@ Moments chunk_moments(const T* x, int64_t n) {
   using V = Vec<T>;
   const int64_t n_vec = n - n % V::width;
   const double count = static_cast<double>(n);
+  const double inv_count = 1.0 / count;
 
   Chains<T> sum_x = Chains<T>::zero();
   WideSum<T> total_x = WideSum<T>::zero();
@@ -32,7 +33,7 @@ Moments chunk_moments(const T* x, int64_t n) {
       [&] { sum_x.flush_into(total_x); });
   double tail_x = 0.0;
   for (int64_t j = n_vec; j < n; ++j) tail_x += static_cast<double>(x[j]);
-  const T shift = static_cast<T>((total_x.total() + tail_x) / count);
+  const T shift = static_cast<T>((total_x.total() + tail_x) * inv_count);
 
   const V shift_v = V::broadcast(shift);
   Chains<T> sum_d = Chains<T>::zero(), sum_d2 = Chains<T>::zero();
@@ -56,7 +57,8 @@ Moments chunk_moments(const T* x, int64_t n) {
   }
   const double sd = total_d.total() + tail_d;
   const double sd2 = total_d2.total() + tail_d2;
-  return {count, static_cast<double>(shift) + sd / count, sd2 - sd * sd / count};
+  const double mean_d = sd * inv_count;
+  return {count, static_cast<double>(shift) + mean_d, sd2 - sd * mean_d};
 }
 
 // Chan, Golub & LeVeque: moments of the union of two disjoint sets.

@@ -167,13 +167,20 @@ inline T fma_scalar(T a, T b, T c) {
 #endif
 }
 
-// Lanes of a Vec<double> summed in lane order (fixed, so results are reproducible).
+// Lanes of a Vec<double> summed by halving (a fixed tree, so results are reproducible).
 inline double reduce_add(Vec<double> a) {
-  double lanes[Vec<double>::width];
-  a.store(lanes);
-  double s = 0.0;
-  for (int64_t i = 0; i < Vec<double>::width; ++i) s += lanes[i];
-  return s;
+#if defined(__AVX512F__)
+  const __m256d four = _mm256_add_pd(_mm512_castpd512_pd256(a.v), _mm512_extractf64x4_pd(a.v, 1));
+  const __m128d two = _mm_add_pd(_mm256_castpd256_pd128(four), _mm256_extractf128_pd(four, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(two, _mm_unpackhi_pd(two, two)));
+#elif defined(__AVX2__)
+  const __m128d two = _mm_add_pd(_mm256_castpd256_pd128(a.v), _mm256_extractf128_pd(a.v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(two, _mm_unpackhi_pd(two, two)));
+#elif defined(__SSE2__)
+  return _mm_cvtsd_f64(_mm_add_sd(a.v, _mm_unpackhi_pd(a.v, a.v)));
+#else
+  return a.v;
+#endif
 }
 
 // Wide<T>: a Vec<T> held as float64 lanes. For double it is the vector itself; for float it

@@ -1,0 +1,241 @@
+// normkit_bench: every kernel (LayerNorm forward/backward; BatchNorm training forward,
+// inference, training backward; both layouts) x float32/float64 x realistic shapes x every
+// available ISA x 1 and all threads, timed with real time (OpenMP). Each row reports the
+// compulsory bytes (inputs read once + outputs written once), GB/s, and pct_of_copy: the speed
+// of a STREAM-style copy of the same byte count on the same threads, measured in this binary.
+// With -DNORMKIT_BENCH_ONEDNN=ON, oneDNN's primitives run the same float32 cases as peers.
+//
+//   normkit_bench [--benchmark_filter=REGEX] [--benchmark_format=json] [--benchmark_min_time=0.1s]
+
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "batch_norm.hpp"
+#include "copy_baseline.hpp"
+#include "dispatch.hpp"
+#include "layer_norm.hpp"
+#include "threading.hpp"
+#ifdef NORMKIT_BENCH_ONEDNN
+#include "onednn_peer.hpp"
+#endif
+
+namespace {
+
+struct LayerNormShape {
+  int64_t rows, cols;
+};
+struct BatchNormShape {
+  const char* label;
+  int64_t n, c, s;  // x viewed as (n, c, s); s == 1 is channels-last
+};
+
+const LayerNormShape kLayerNormShapes[] = {
+    {8192, 768}, {4096, 4096}, {65536, 128}, {1, 262144}, {256, 64}};
+const BatchNormShape kBatchNormShapes[] = {
+    {"32x64x56x56", 32, 64, 56 * 56},   {"256x256x14x14", 256, 256, 14 * 14},
+    {"8x512x7x7", 8, 512, 7 * 7},       {"1024x1024", 1024, 1024, 1},
+    {"nhwc_32x56x56x64", 32 * 56 * 56, 64, 1}};
+
+template <class T>
+std::vector<T> random_values(std::size_t n, unsigned seed, double mean = 0.0) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> dist(mean, 1.0);
+  std::vector<T> v(n);
+  for (auto& e : v) e = static_cast<T>(dist(gen));
+  return v;
+}
+
+// Times f with real time; reports bytes, GB/s and the percentage of a copy of `bytes`.
+void run(benchmark::State& state, double bytes, int threads, const std::function<void()>& f) {
+  f();  // warm-up: first touch, caches
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : state) {
+    f();
+    benchmark::ClobberMemory();
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double per_iteration = seconds / static_cast<double>(state.iterations());
+  state.counters["bytes"] = bytes;
+  state.counters["GB/s"] = bytes / per_iteration / 1e9;
+  state.counters["pct_of_copy"] =
+      100.0 * normkit_bench::copy_seconds(static_cast<std::size_t>(bytes), threads) / per_iteration;
+}
+
+void use(normkit::Isa isa, int threads) {
+  normkit::set_active_isa(isa);
+  normkit::set_num_threads(threads);
+}
+
+template <class T>
+void layer_norm_forward(benchmark::State& state, normkit::Isa isa, int threads, LayerNormShape sh) {
+  use(isa, threads);
+  const std::size_t n = static_cast<std::size_t>(sh.rows * sh.cols);
+  auto x = random_values<T>(n, 1), gamma = random_values<T>(sh.cols, 2),
+       beta = random_values<T>(sh.cols, 3);
+  std::vector<T> y(n), mean(sh.rows), rstd(sh.rows);
+  const double bytes = double(sizeof(T)) * (2.0 * n + 2.0 * sh.cols + 2.0 * sh.rows);
+  run(state, bytes, threads, [&] {
+    normkit::layer_norm_forward<T>(y.data(), mean.data(), rstd.data(), x.data(), gamma.data(),
+                                   beta.data(), sh.rows, sh.cols, 1e-5);
+  });
+}
+
+template <class T>
+void layer_norm_backward(benchmark::State& state, normkit::Isa isa, int threads,
+                         LayerNormShape sh) {
+  use(isa, threads);
+  const std::size_t n = static_cast<std::size_t>(sh.rows * sh.cols);
+  auto x = random_values<T>(n, 1), dy = random_values<T>(n, 4),
+       gamma = random_values<T>(sh.cols, 2);
+  std::vector<T> y(n), dx(n), mean(sh.rows), rstd(sh.rows), dgamma(sh.cols), dbeta(sh.cols);
+  normkit::layer_norm_forward<T>(y.data(), mean.data(), rstd.data(), x.data(), gamma.data(),
+                                 nullptr, sh.rows, sh.cols, 1e-5);
+  const double bytes = double(sizeof(T)) * (3.0 * n + 3.0 * sh.cols + 2.0 * sh.rows);
+  run(state, bytes, threads, [&] {
+    normkit::layer_norm_backward<T>(dx.data(), dgamma.data(), dbeta.data(), dy.data(), x.data(),
+                                    mean.data(), rstd.data(), gamma.data(), sh.rows, sh.cols);
+  });
+}
+
+enum class BatchNormPass { train_forward, inference, train_backward };
+
+template <class T>
+void batch_norm(benchmark::State& state, normkit::Isa isa, int threads, BatchNormShape sh,
+                BatchNormPass pass) {
+  use(isa, threads);
+  const std::size_t n = static_cast<std::size_t>(sh.n * sh.c * sh.s);
+  const std::size_t c = static_cast<std::size_t>(sh.c);
+  auto x = random_values<T>(n, 1), dy = random_values<T>(n, 4), gamma = random_values<T>(c, 2),
+       beta = random_values<T>(c, 3);
+  std::vector<T> y(n), dx(n), mean(c), invstd(c), running_mean(c, T(0)), running_var(c, T(1)),
+      dgamma(c), dbeta(c);
+  normkit::batch_norm_forward<T>(y.data(), mean.data(), invstd.data(), nullptr, nullptr, x.data(),
+                                 gamma.data(), beta.data(), sh.n, sh.c, sh.s, true, 0.1, 1e-5);
+  const double elems = static_cast<double>(n);
+  switch (pass) {
+    case BatchNormPass::train_forward:
+      run(state, double(sizeof(T)) * 2.0 * elems, threads, [&] {
+        normkit::batch_norm_forward<T>(y.data(), mean.data(), invstd.data(), running_mean.data(),
+                                       running_var.data(), x.data(), gamma.data(), beta.data(),
+                                       sh.n, sh.c, sh.s, true, 0.1, 1e-5);
+      });
+      break;
+    case BatchNormPass::inference:
+      run(state, double(sizeof(T)) * 2.0 * elems, threads, [&] {
+        normkit::batch_norm_forward<T>(y.data(), mean.data(), invstd.data(), running_mean.data(),
+                                       running_var.data(), x.data(), gamma.data(), beta.data(),
+                                       sh.n, sh.c, sh.s, false, 0.1, 1e-5);
+      });
+      break;
+    case BatchNormPass::train_backward:
+      run(state, double(sizeof(T)) * 3.0 * elems, threads, [&] {
+        normkit::batch_norm_backward<T>(dx.data(), dgamma.data(), dbeta.data(), dy.data(),
+                                        x.data(), mean.data(), invstd.data(), gamma.data(), sh.n,
+                                        sh.c, sh.s, true);
+      });
+      break;
+  }
+}
+
+const char* pass_name(BatchNormPass pass) {
+  switch (pass) {
+    case BatchNormPass::train_forward:
+      return "batch_norm_train_fwd";
+    case BatchNormPass::inference:
+      return "batch_norm_infer";
+    default:
+      return "batch_norm_train_bwd";
+  }
+}
+
+std::string ln_label(LayerNormShape sh) {
+  return std::to_string(sh.rows) + "x" + std::to_string(sh.cols);
+}
+
+void configure(benchmark::internal::Benchmark* b) {
+  b->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
+template <class T>
+void register_normkit(const char* dtype, normkit::Isa isa, int threads) {
+  const std::string suffix = std::string("/") + dtype + "/" + normkit::isa_name(isa) +
+                             "/threads:" + std::to_string(threads) + "/";
+  for (LayerNormShape sh : kLayerNormShapes) {
+    configure(benchmark::RegisterBenchmark(
+        ("layer_norm_fwd" + suffix + ln_label(sh)).c_str(),
+        [=](benchmark::State& s) { layer_norm_forward<T>(s, isa, threads, sh); }));
+    configure(benchmark::RegisterBenchmark(
+        ("layer_norm_bwd" + suffix + ln_label(sh)).c_str(),
+        [=](benchmark::State& s) { layer_norm_backward<T>(s, isa, threads, sh); }));
+  }
+  for (BatchNormShape sh : kBatchNormShapes)
+    for (BatchNormPass pass :
+         {BatchNormPass::train_forward, BatchNormPass::inference, BatchNormPass::train_backward})
+      configure(benchmark::RegisterBenchmark(
+          (std::string(pass_name(pass)) + suffix + sh.label).c_str(),
+          [=](benchmark::State& s) { batch_norm<T>(s, isa, threads, sh, pass); }));
+}
+
+#ifdef NORMKIT_BENCH_ONEDNN
+void register_onednn(int threads) {
+  namespace peer = normkit_bench::onednn;
+  const std::string suffix = "/f32/onednn/threads:" + std::to_string(threads) + "/";
+  auto add = [&](const std::string& name, double bytes, std::function<std::function<void()>()> make) {
+    configure(benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) {
+      peer::set_threads(threads);
+      const std::function<void()> f = make();
+      run(s, bytes, threads, f);
+    }));
+  };
+  for (LayerNormShape sh : kLayerNormShapes) {
+    const double n = double(sh.rows * sh.cols);
+    add("layer_norm_fwd" + suffix + ln_label(sh), 4.0 * (2.0 * n + 2.0 * sh.cols + 2.0 * sh.rows),
+        [=] { return peer::layer_norm_forward(sh.rows, sh.cols); });
+    add("layer_norm_bwd" + suffix + ln_label(sh), 4.0 * (3.0 * n + 3.0 * sh.cols + 2.0 * sh.rows),
+        [=] { return peer::layer_norm_backward(sh.rows, sh.cols); });
+  }
+  for (BatchNormShape sh : kBatchNormShapes) {
+    const double n = double(sh.n * sh.c * sh.s);
+    add(std::string("batch_norm_train_fwd") + suffix + sh.label, 8.0 * n,
+        [=] { return peer::batch_norm_forward(sh.n, sh.c, sh.s, true); });
+    add(std::string("batch_norm_infer") + suffix + sh.label, 8.0 * n,
+        [=] { return peer::batch_norm_forward(sh.n, sh.c, sh.s, false); });
+    add(std::string("batch_norm_train_bwd") + suffix + sh.label, 12.0 * n,
+        [=] { return peer::batch_norm_backward(sh.n, sh.c, sh.s); });
+  }
+}
+#endif
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  const int all = normkit::get_num_threads();
+  std::vector<int> thread_counts{1};
+  if (all > 1) thread_counts.push_back(all);
+  benchmark::AddCustomContext("normkit_isa_available", [] {
+    std::string names;
+    for (normkit::Isa isa : normkit::available_isas())
+      names += std::string(names.empty() ? "" : ",") + normkit::isa_name(isa);
+    return names;
+  }());
+  for (int threads : thread_counts) {
+    for (normkit::Isa isa : normkit::available_isas()) {
+      register_normkit<float>("f32", isa, threads);
+      register_normkit<double>("f64", isa, threads);
+    }
+#ifdef NORMKIT_BENCH_ONEDNN
+    register_onednn(threads);
+#endif
+  }
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
