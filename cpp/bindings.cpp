@@ -12,6 +12,7 @@
 
 #include "batch_norm.hpp"
 #include "buffer_pool.hpp"
+#include "copy.hpp"
 #include "dispatch.hpp"
 #include "layer_norm.hpp"
 #include "threading.hpp"
@@ -233,6 +234,20 @@ PYBIND11_MODULE(_core, m) {
   m.def("release_cached_memory", &normkit::pool_release_cached,
         "Free the idle cached output buffers; returns the bytes freed.");
   m.def("cached_bytes", &normkit::pool_cached_bytes);
+  m.def(
+      "copy",
+      [](py::array& dst, const py::array& src) {
+        if (!(dst.flags() & py::array::c_style) || !(src.flags() & py::array::c_style) ||
+            !dst.writeable() || dst.nbytes() != src.nbytes())
+          throw py::value_error("copy: expected C-contiguous arrays of equal size, dst writeable");
+        void* d = dst.mutable_data();
+        const void* s = src.data();
+        const auto n = static_cast<std::size_t>(src.nbytes());
+        py::gil_scoped_release release;
+        normkit::parallel_copy(d, s, n);
+      },
+      py::arg("dst"), py::arg("src"),
+      "Parallel copy on the kernel threads: the benchmarks' bandwidth yardstick.");
 
   m.def("get_num_threads", &normkit::get_num_threads);
   m.def("set_num_threads", &normkit::set_num_threads, py::arg("n"));

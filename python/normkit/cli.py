@@ -1,4 +1,4 @@
-"""``normkit`` command line: ``python -m normkit info | compare``."""
+"""``normkit`` command line: ``python -m normkit info | compare | bench``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
 
     compare.add_arguments(p)
     p.set_defaults(run=compare.main)
+    p = commands.add_parser("bench", help="normkit vs NumPy vs PyTorch: table, JSON, chart")
+    from . import bench
+
+    bench.add_arguments(p)
+    p.set_defaults(run=bench.main)
     args = parser.parse_args(argv)
     return args.run(args)
 
