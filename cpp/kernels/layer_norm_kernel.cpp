@@ -300,12 +300,20 @@ void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* b
   };
 
   if (p.rows_in_parallel(rows)) {
+    // Rows go in groups (that fit in L1): statistics of the whole group first, so the CPU
+    // overlaps the reductions of independent rows, then their normalization.
+    constexpr int64_t kMaxGroup = 16;
+    const int64_t group = cols >= 4096 ? 1 : (4096 / cols < kMaxGroup ? 4096 / cols : kMaxGroup);
     parallel_for(rows, cols, [&](int64_t r0, int64_t r1) {
-      for (int64_t i = r0; i < r1; ++i) {
-        const T* xi = x + i * cols;
-        const RowScale<T> s = row_scale<T>(run_moments(xi, cols), eps);
-        finish_row(i, s);
-        normalize<T, kStream>(y + i * cols, xi, gamma, beta, s, 0, cols);
+      RowScale<T> scales[kMaxGroup];
+      for (int64_t g0 = r0; g0 < r1; g0 += group) {
+        const int64_t g1 = g0 + group < r1 ? g0 + group : r1;
+        for (int64_t i = g0; i < g1; ++i) {
+          scales[i - g0] = row_scale<T>(run_moments(x + i * cols, cols), eps);
+          finish_row(i, scales[i - g0]);
+        }
+        for (int64_t i = g0; i < g1; ++i)
+          normalize<T, kStream>(y + i * cols, x + i * cols, gamma, beta, scales[i - g0], 0, cols);
       }
       if constexpr (kStream) stream_fence();
     });

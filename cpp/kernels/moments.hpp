@@ -13,28 +13,14 @@ struct Moments {
   double count, mean, m2;  // m2 = sum of squared deviations from mean
 };
 
-// Moments of x[0, n) from two passes over a chunk that stays in L1; the sums use blocked
-// summation into float64 (vec.hpp), so float32 statistics stay exact to a few ulps.
-// Scalar math: shift = sum(x) / n;  d = x - shift;
-//              mean = shift + sum(d) / n;  m2 = sum(d * d) - sum(d)^2 / n
-// The shift only has to be near the mean: the second pass corrects it, and x - shift is
-// exact in T wherever the data sit far from zero relative to their spread.
+// Sums of d = x - shift and d^2 over x[0, n), blocked into float64 (vec.hpp), as moments:
+//   mean = shift + sum(d) / n;  m2 = sum(d^2) - sum(d)^2 / n
+// (the shifted-data formula: exact up to a few roundings while |mean - shift| is within a
+// couple of standard deviations; x - shift is itself exact for data near the shift).
 template <class T>
-Moments chunk_moments(const T* x, int64_t n) {
+Moments shifted_moments(const T* x, int64_t n, T shift) {
   using V = Vec<T>;
   const int64_t n_vec = n - n % V::width;
-  const double count = static_cast<double>(n);
-  const double inv_count = 1.0 / count;
-
-  Chains<T> sum_x = Chains<T>::zero();
-  WideSum<T> total_x = WideSum<T>::zero();
-  blocked_loop<T>(
-      n_vec, [&](int64_t j, int u) { sum_x.acc[u] = sum_x.acc[u] + V::load(x + j); },
-      [&] { sum_x.flush_into(total_x); });
-  double tail_x = 0.0;
-  for (int64_t j = n_vec; j < n; ++j) tail_x += static_cast<double>(x[j]);
-  const T shift = static_cast<T>((total_x.total() + tail_x) * inv_count);
-
   const V shift_v = V::broadcast(shift);
   Chains<T> sum_d = Chains<T>::zero(), sum_d2 = Chains<T>::zero();
   WideSum<T> total_d = WideSum<T>::zero(), total_d2 = WideSum<T>::zero();
@@ -57,8 +43,31 @@ Moments chunk_moments(const T* x, int64_t n) {
   }
   const double sd = total_d.total() + tail_d;
   const double sd2 = total_d2.total() + tail_d2;
-  const double mean_d = sd * inv_count;
+  const double count = static_cast<double>(n);
+  const double mean_d = sd / count;
   return {count, static_cast<double>(shift) + mean_d, sd2 - sd * mean_d};
+}
+
+// Moments of x[0, n) (a chunk that stays in L1). The shift is the mean of the first vector of
+// values: near the mean for any reasonable data, at the cost of one horizontal sum. If it
+// turns out more than two standard deviations off (an outlier up front, sorted data), the
+// pass is repeated around the mean just found, so the result is always exact to a few ulps.
+template <class T>
+Moments chunk_moments(const T* x, int64_t n) {
+  using V = Vec<T>;
+  T shift;
+  if (n >= V::width) {
+    const Wide<T> w = Wide<T>::of(V::load(x));
+    Vec<double> s = w.part[0];
+    for (int k = 1; k < Wide<T>::parts; ++k) s = s + w.part[k];
+    shift = static_cast<T>(reduce_add(s) / static_cast<double>(V::width));
+  } else {
+    shift = x[0];
+  }
+  const Moments m = shifted_moments(x, n, shift);
+  const double offset = m.mean - static_cast<double>(shift);
+  if (offset * offset * m.count > 4.0 * m.m2) return shifted_moments(x, n, static_cast<T>(m.mean));
+  return m;
 }
 
 // Chan, Golub & LeVeque: moments of the union of two disjoint sets.

@@ -242,12 +242,26 @@ struct Chains {
     for (auto& a : c.acc) a = Vec<T>::broadcast(T(0));
     return c;
   }
-  // total += sum of the chains, in chain order; the chains restart at zero.
+  // total += the chains widened and added as a tree, (c0 + c1) + (c2 + c3): a short dependency
+  // chain. The chains restart at zero.
   void flush_into(WideSum<T>& total) {
-    for (auto& a : acc) {
-      total.add(Wide<T>::of(a));
-      a = Vec<T>::broadcast(T(0));
-    }
+    static_assert(kChains == 4, "the tree below adds four chains");
+    const Wide<T> w[kChains] = {Wide<T>::of(acc[0]), Wide<T>::of(acc[1]), Wide<T>::of(acc[2]),
+                                Wide<T>::of(acc[3])};
+    Wide<T> sum;
+    for (int k = 0; k < Wide<T>::parts; ++k)
+      sum.part[k] = (w[0].part[k] + w[1].part[k]) + (w[2].part[k] + w[3].part[k]);
+    total.add(sum);
+    for (auto& a : acc) a = Vec<T>::broadcast(T(0));
+  }
+  // The sum of all lanes of all chains, added in T along a fixed tree and then in float64: a
+  // rough total for estimates (it rounds in T over many terms).
+  double rough_total() const {
+    const Vec<T> v = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    const Wide<T> w = Wide<T>::of(v);
+    Vec<double> s = w.part[0];
+    for (int k = 1; k < Wide<T>::parts; ++k) s = s + w.part[k];
+    return reduce_add(s);
   }
 };
 
