@@ -153,6 +153,22 @@ def check_batch_norm(shape, axis, dtype, mean_offset=0.0, affine=True, seed=0):
 BN_CASES = [((4, 3), 1), ((6, 5, 17), 1), ((3, 7, 5, 5), 1), ((2, 3, 2, 4, 33), 1),
             ((9, 4, 4, 19), -1), ((50, 33), -1), ((2, 3, 4099), 1)]
 
+def numeric_grad(f, a, h=1e-6, indices=None):
+    """Central differences of the scalar f() with respect to the array a (changed in place and
+    restored), at every element or at the flat `indices`."""
+    flat = a.reshape(-1)
+    grad = np.zeros(flat.size)
+    for i in range(flat.size) if indices is None else indices:
+        old = flat[i]
+        flat[i] = old + h
+        up = f()
+        flat[i] = old - h
+        down = f()
+        flat[i] = old
+        grad[i] = (up - down) / (2 * h)
+    return grad.reshape(a.shape)
+
+
 SMALL_CASES = [(4, 1), (3, 7), (5, 17), (2, 33), (3, 4099), (1, 65537), (300, 16)]
 
 

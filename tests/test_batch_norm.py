@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from checks import BN_CASES, assert_close, check_batch_norm
+from checks import numeric_grad, BN_CASES, assert_close, check_batch_norm
 
 import normkit
 from normkit import BatchNorm, reference
@@ -81,20 +81,6 @@ def test_eval_uses_running_statistics_and_train_the_batch(rng):
     np.testing.assert_allclose(normkit.batch_norm(x, eps=0.0), y_train, rtol=1e-12, atol=1e-13)
 
 
-def _numeric_grad(f, a, h=1e-6):
-    grad = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        up = f()
-        flat[i] = old - h
-        down = f()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * h)
-    return grad
-
-
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape, axis", [((4, 3, 5), 1), ((6, 4), -1), ((2, 3, 2, 3), 1)], ids=str)
 def test_backward_matches_finite_differences(isa, rng, shape, axis, training):
@@ -112,9 +98,9 @@ def test_backward_matches_finite_differences(isa, rng, shape, axis, training):
                                                  training=training, axis=axis)
     dx, dgamma, dbeta = normkit.batch_norm_backward(w, x, mean, invstd, gamma, training=training,
                                                     axis=axis)
-    np.testing.assert_allclose(dx, _numeric_grad(loss, x), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(dgamma, _numeric_grad(loss, gamma), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(dbeta, _numeric_grad(loss, beta), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dgamma, numeric_grad(loss, gamma), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dbeta, numeric_grad(loss, beta), rtol=1e-5, atol=1e-7)
 
 
 def test_channels_last_equals_channels_first(rng):

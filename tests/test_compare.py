@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from checks import numeric_grad
 
 from normkit import compare
 
@@ -24,27 +25,14 @@ def _check_gradients(model, x, labels, rng, n_checks=12, h=1e-6):
 
     # Running statistics move on every training-mode forward but do not enter the loss.
     for name, param, _ in model.params_and_grads():
-        flat = param.reshape(-1)
-        for i in rng.choice(flat.size, size=min(n_checks, flat.size), replace=False):
-            old = flat[i]
-            flat[i] = old + h
-            up = loss_at()
-            flat[i] = old - h
-            down = loss_at()
-            flat[i] = old
-            numeric = (up - down) / (2 * h)
-            np.testing.assert_allclose(grads[name].reshape(-1)[i], numeric, rtol=1e-5, atol=1e-8,
-                                       err_msg=name)
-    flat = x.reshape(-1)
-    for i in rng.choice(flat.size, size=n_checks, replace=False):
-        old = flat[i]
-        flat[i] = old + h
-        up = loss_at()
-        flat[i] = old - h
-        down = loss_at()
-        flat[i] = old
-        np.testing.assert_allclose(dx.reshape(-1)[i], (up - down) / (2 * h), rtol=1e-5,
-                                   atol=1e-8, err_msg="input")
+        picks = rng.choice(param.size, size=min(n_checks, param.size), replace=False)
+        numeric = numeric_grad(loss_at, param, h, picks).reshape(-1)[picks]
+        np.testing.assert_allclose(grads[name].reshape(-1)[picks], numeric, rtol=1e-5,
+                                   atol=1e-8, err_msg=name)
+    picks = rng.choice(x.size, size=n_checks, replace=False)
+    numeric = numeric_grad(loss_at, x, h, picks).reshape(-1)[picks]
+    np.testing.assert_allclose(dx.reshape(-1)[picks], numeric, rtol=1e-5, atol=1e-8,
+                               err_msg="input")
 
 
 @pytest.mark.parametrize("variant", compare.VARIANTS)

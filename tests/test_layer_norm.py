@@ -4,7 +4,7 @@ import threading
 
 import numpy as np
 import pytest
-from checks import assert_close, check_layer_norm, ref_backward, ref_forward, y_scale
+from checks import numeric_grad, assert_close, check_layer_norm, ref_backward, ref_forward, y_scale
 
 import normkit
 
@@ -79,20 +79,6 @@ def test_whole_array_axis_gives_scalar_statistics(rng):
     assert_close(mean, np.mean(x), np.float64, "mean")
 
 
-def _numeric_grad(f, a, h=1e-6):
-    grad = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        up = f()
-        flat[i] = old - h
-        down = f()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * h)
-    return grad
-
-
 @pytest.mark.parametrize("shape", [(3, 5), (2, 17), (1, 33), (4, 1)], ids=str)
 def test_backward_matches_finite_differences(isa, rng, shape):
     x = rng.standard_normal(shape) * 2 + 5
@@ -104,9 +90,9 @@ def test_backward_matches_finite_differences(isa, rng, shape):
 
     _, mean, rstd = normkit.layer_norm_forward(x, gamma, beta)
     dx, dgamma, dbeta = normkit.layer_norm_backward(w, x, mean, rstd, gamma)
-    np.testing.assert_allclose(dx, _numeric_grad(loss, x), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(dgamma, _numeric_grad(loss, gamma), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(dbeta, _numeric_grad(loss, beta), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dgamma, numeric_grad(loss, gamma), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dbeta, numeric_grad(loss, beta), rtol=1e-5, atol=1e-7)
 
 
 LAYOUTS = {

@@ -78,13 +78,7 @@ def _forward(x, running_mean, running_var, gamma, beta, training, momentum, eps,
         )
     if running_mean is None and count < 1:
         raise ValueError(f"x: no values per channel to take statistics from (shape {x.shape})")
-    if out is None:
-        y = _core.empty(x.shape, x.dtype)
-    else:
-        y = _checks.out_array(out, x.shape, x.dtype)
-        x = _checks.unaliased(x, y, allow_same=True)
-        gamma = _checks.unaliased(gamma, y)
-        beta = _checks.unaliased(beta, y)
+    y, x, gamma, beta = _checks.output_for(out, x, gamma, beta)
     x = np.ascontiguousarray(x)
     mean = np.empty(c, x.dtype)
     invstd = np.empty(c, x.dtype)

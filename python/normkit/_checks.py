@@ -101,3 +101,15 @@ def unaliased(a: np.ndarray | None, out: np.ndarray, allow_same: bool = False):
         and a.shape == out.shape
     )
     return a if (allow_same and same) else a.copy()
+
+
+def output_for(out, x: np.ndarray, *params):
+    """(y, x, *params) for a normalization writing y: a new array (from the buffer cache) when
+    out is None, else out checked, with any input that overlaps it copied first (x may be out
+    itself: the kernels read each value before writing it)."""
+    from . import _core
+
+    if out is None:
+        return (_core.empty(x.shape, x.dtype), x, *params)
+    y = out_array(out, x.shape, x.dtype)
+    return (y, unaliased(x, y, allow_same=True), *(unaliased(p, y) for p in params))

@@ -25,13 +25,7 @@ def _forward(x, gamma, beta, eps, axis, out):
     eps = _checks.eps_value(eps)
     gamma = _checks.optional_like(gamma, "gamma", x.dtype, norm_shape)
     beta = _checks.optional_like(beta, "beta", x.dtype, norm_shape)
-    if out is None:
-        y = _core.empty(x.shape, x.dtype)
-    else:
-        y = _checks.out_array(out, x.shape, x.dtype)
-        x = _checks.unaliased(x, y, allow_same=True)
-        gamma = _checks.unaliased(gamma, y)
-        beta = _checks.unaliased(beta, y)
+    y, x, gamma, beta = _checks.output_for(out, x, gamma, beta)
     x = np.ascontiguousarray(x)
     mean = np.empty(batch_shape, x.dtype)
     rstd = np.empty(batch_shape, x.dtype)
