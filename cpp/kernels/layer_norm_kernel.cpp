@@ -2,8 +2,8 @@
 // Compiled once per ISA (see CMakeLists.txt); the math is derived in docs/layer_norm.md.
 //
 // Work partition (fixed by the shape alone, so any thread count gives bitwise equal results):
-//  - each row is cut into chunks of kChunk elements; a chunk's statistics come from two passes
-//    over the chunk while it sits in L1, and chunks merge in order (Chan et al.);
+//  - each row is cut into chunks of kChunk elements; a chunk's statistics come from a shifted
+//    pass over the chunk while it sits in L1 (moments.hpp), and chunks merge in order;
 //  - rows are grouped into at most kMaxRowBlocks blocks; each block sums its dgamma/dbeta
 //    contribution into its own float64 row, and the block rows are added in order at the end.
 // Tall inputs run row blocks in parallel and finish each row while it is in cache; inputs with

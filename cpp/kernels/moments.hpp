@@ -99,8 +99,8 @@ Moments combine(int64_t n_parts, const Part& part) {
   return {count, mean, m2};
 }
 
-// Values of a run longer than this are taken chunk by chunk (each chunk stays in L1 for the
-// two passes) and the chunk moments merged in order.
+// Values of a run longer than this are taken chunk by chunk (each chunk stays in L1 while its
+// pass runs) and the chunk moments merged in order.
 constexpr int64_t kChunk = 4096;  // a multiple of every vector width
 
 template <class T>
