@@ -43,7 +43,8 @@ def cases(quick: bool) -> list[Case]:
     out = []
     for shape in QUICK_LN if quick else LN_SHAPES:
         label = "x".join(map(str, shape))
-        out += [Case("layer_norm_fwd", label, shape, -1), Case("layer_norm_bwd", label, shape, -1)]
+        out += [Case(k, label, shape, -1)
+                for k in ("layer_norm_fwd", "layer_norm_bwd", "layer_norm_fwd+bwd")]
     for label, shape, axis in QUICK_BN if quick else BN_SHAPES:
         out += [Case(k, label, shape, axis)
                 for k in ("batch_norm_train_fwd", "batch_norm_infer", "batch_norm_train_bwd")]
@@ -52,6 +53,8 @@ def cases(quick: bool) -> list[Case]:
 
 def _compulsory_bytes(case: Case, x: np.ndarray) -> int:
     # inputs read once + outputs written once (parameters and statistics are negligible)
+    if case.kernel == "layer_norm_fwd+bwd":
+        return x.nbytes * 5  # forward: x, y; backward: dy, x, dx
     return x.nbytes * (3 if case.kernel.endswith("bwd") else 2)
 
 
@@ -69,14 +72,32 @@ def contenders(case: Case, torch):
         if case.kernel == "layer_norm_fwd":
             fns["normkit"] = lambda: normkit.layer_norm(x, g, b)
             fns["numpy"] = lambda: reference.layer_norm_forward(x, g, b)
-        else:
+        elif case.kernel == "layer_norm_bwd":
             fns["normkit"] = lambda: normkit.layer_norm_backward(dy, x, mean, rstd, g)
             fns["numpy"] = lambda: reference.layer_norm_backward(dy, x, mean, rstd, g)
+        else:
+            def nk_fwd_bwd():
+                _, m, r = normkit.layer_norm_forward(x, g, b)
+                return normkit.layer_norm_backward(dy, x, m, r, g)
+
+            def np_fwd_bwd():
+                _, m, r = reference.layer_norm_forward(x, g, b)
+                return reference.layer_norm_backward(dy, x, m, r, g)
+
+            fns["normkit"], fns["numpy"] = nk_fwd_bwd, np_fwd_bwd
         if torch is not None:
             xt, gt, bt, dyt = (torch.from_numpy(a) for a in (x, g, b, dy))
             d = (case.shape[-1],)
             if case.kernel == "layer_norm_fwd":
                 fns["torch"] = lambda: torch.nn.functional.layer_norm(xt, d, gt, bt)
+            elif case.kernel == "layer_norm_fwd+bwd":
+                xg, gg, bg = (a.clone().requires_grad_() for a in (xt, gt, bt))
+
+                def torch_fwd_bwd():
+                    y = torch.nn.functional.layer_norm(xg, d, gg, bg)
+                    return torch.autograd.grad(y, (xg, gg, bg), dyt)
+
+                fns["torch"] = torch_fwd_bwd
             else:
                 xg, gg, bg = (a.clone().requires_grad_() for a in (xt, gt, bt))
                 yg = torch.nn.functional.layer_norm(xg, d, gg, bg)
