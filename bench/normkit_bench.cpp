@@ -36,10 +36,11 @@ struct BatchNormShape {
 
 const LayerNormShape kLayerNormShapes[] = {
     {8192, 768}, {4096, 4096}, {65536, 128}, {1, 262144}, {256, 64}};
-const BatchNormShape kBatchNormShapes[] = {
-    {"32x64x56x56", 32, 64, 56 * 56},   {"256x256x14x14", 256, 256, 14 * 14},
-    {"8x512x7x7", 8, 512, 7 * 7},       {"1024x1024", 1024, 1024, 1},
-    {"nhwc_32x56x56x64", 32 * 56 * 56, 64, 1}};
+const BatchNormShape kBatchNormShapes[] = {{"32x64x56x56", 32, 64, 56 * 56},
+                                           {"256x256x14x14", 256, 256, 14 * 14},
+                                           {"8x512x7x7", 8, 512, 7 * 7},
+                                           {"1024x1024", 1024, 1024, 1},
+                                           {"nhwc_32x56x56x64", 32 * 56 * 56, 64, 1}};
 
 // Uniform values in [-1, 1) from a 64-bit LCG: cheap enough for arrays of 10^8 values.
 template <class T>
@@ -61,7 +62,8 @@ void run(benchmark::State& state, double bytes, int threads, const std::function
     f();
     benchmark::ClobberMemory();
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double per_iteration = seconds / static_cast<double>(state.iterations());
   state.counters["bytes"] = bytes;
   state.counters["GB/s"] = bytes / per_iteration / 1e9;
@@ -137,9 +139,9 @@ void batch_norm(benchmark::State& state, normkit::Isa isa, int threads, BatchNor
       break;
     case BatchNormPass::train_backward:
       run(state, double(sizeof(T)) * 3.0 * elems, threads, [&] {
-        normkit::batch_norm_backward<T>(dx.data(), dgamma.data(), dbeta.data(), dy.data(),
-                                        x.data(), mean.data(), invstd.data(), gamma.data(), sh.n,
-                                        sh.c, sh.s, true);
+        normkit::batch_norm_backward<T>(dx.data(), dgamma.data(), dbeta.data(), dy.data(), x.data(),
+                                        mean.data(), invstd.data(), gamma.data(), sh.n, sh.c, sh.s,
+                                        true);
       });
       break;
   }
@@ -188,7 +190,8 @@ void register_normkit(const char* dtype, normkit::Isa isa, int threads) {
 void register_onednn(int threads) {
   namespace peer = normkit_bench::onednn;
   const std::string suffix = "/f32/onednn/threads:" + std::to_string(threads) + "/";
-  auto add = [&](const std::string& name, double bytes, std::function<std::function<void()>()> make) {
+  auto add = [&](const std::string& name, double bytes,
+                 std::function<std::function<void()>()> make) {
     configure(benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) {
       peer::set_threads(threads);
       const std::function<void()> f = make();

@@ -78,8 +78,7 @@ std::function<void()> layer_norm_backward(int64_t rows, int64_t cols) {
   const dnnl::layer_normalization_forward::desc fd(dnnl::prop_kind::forward_training, md, kEps,
                                                    kFlags);
   const dnnl::layer_normalization_forward::primitive_desc fpd(fd, engine());
-  const dnnl::layer_normalization_backward::desc d(dnnl::prop_kind::backward, md, md, kEps,
-                                                   kFlags);
+  const dnnl::layer_normalization_backward::desc d(dnnl::prop_kind::backward, md, md, kEps, kFlags);
   const dnnl::layer_normalization_backward::primitive_desc pd(d, engine(), fpd);
   k->primitive = dnnl::layer_normalization_backward(pd);
   memory variance = k->make(fpd.variance_desc());
@@ -122,8 +121,7 @@ std::function<void()> batch_norm_backward(int64_t n, int64_t c, int64_t s) {
   const dnnl::batch_normalization_forward::desc fd(dnnl::prop_kind::forward_training, md, kEps,
                                                    kFlags);
   const dnnl::batch_normalization_forward::primitive_desc fpd(fd, engine());
-  const dnnl::batch_normalization_backward::desc d(dnnl::prop_kind::backward, md, md, kEps,
-                                                   kFlags);
+  const dnnl::batch_normalization_backward::desc d(dnnl::prop_kind::backward, md, md, kEps, kFlags);
   const dnnl::batch_normalization_backward::primitive_desc pd(d, engine(), fpd);
   k->primitive = dnnl::batch_normalization_backward(pd);
   memory variance = k->make(channel_desc(c));

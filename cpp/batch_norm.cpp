@@ -12,9 +12,9 @@ namespace {
 
 void check_shape(int64_t n, int64_t c, int64_t s) {
   if (n < 0 || c < 1 || s < 1)
-    throw std::invalid_argument("batch_norm: expected n >= 0, c >= 1, s >= 1, got n=" +
-                                std::to_string(n) + ", c=" + std::to_string(c) +
-                                ", s=" + std::to_string(s));
+    throw std::invalid_argument(
+        "batch_norm: expected n >= 0, c >= 1, s >= 1, got n=" + std::to_string(n) +
+        ", c=" + std::to_string(c) + ", s=" + std::to_string(s));
 }
 
 }  // namespace
@@ -27,15 +27,16 @@ void batch_norm_forward(T* y, T* mean, T* invstd, T* running_mean, T* running_va
   if (!std::isfinite(eps) || eps < 0.0)
     throw std::invalid_argument("batch_norm: eps must be finite and >= 0, got " +
                                 std::to_string(eps));
-  if (!std::isfinite(momentum))
-    throw std::invalid_argument("batch_norm: momentum must be finite");
+  if (!std::isfinite(momentum)) throw std::invalid_argument("batch_norm: momentum must be finite");
   if ((running_mean == nullptr) != (running_var == nullptr))
     throw std::invalid_argument("batch_norm: running_mean and running_var go together");
   const int64_t count = n * s;
   const bool batch_stats = training || running_mean == nullptr;
   if (batch_stats && count < (training ? 2 : 1))
-    throw std::invalid_argument("batch_norm: expected more than 1 value per channel when "
-                                "training, got " + std::to_string(count));
+    throw std::invalid_argument(
+        "batch_norm: expected more than 1 value per channel when "
+        "training, got " +
+        std::to_string(count));
 
   const Kernels<T>& k = active_kernels().of<T>();
   // Per-channel constants of y = ((x - mean_hi) - mean_lo) * scale + shift.
@@ -92,8 +93,8 @@ void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
     a[ch] = count > 0 ? static_cast<T>(sum_dy[ch] / count) : T(0);
     b[ch] = count > 0 ? static_cast<T>(sum_dy_xhat[ch] / count) : T(0);
   }
-  k.batch_norm_backward_apply(dx, dy, training ? x : nullptr, mean, invstd, scale.data(),
-                              a.data(), b.data(), n, c, s);
+  k.batch_norm_backward_apply(dx, dy, training ? x : nullptr, mean, invstd, scale.data(), a.data(),
+                              b.data(), n, c, s);
   if (gamma) {
     for (int64_t ch = 0; ch < c; ++ch) {
       dgamma[ch] = static_cast<T>(sum_dy_xhat[ch]);
@@ -102,10 +103,10 @@ void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
   }
 }
 
-#define NORMKIT_INSTANTIATE(T)                                                                 \
-  template void batch_norm_forward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*,        \
-                                      int64_t, int64_t, int64_t, bool, double, double);        \
-  template void batch_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,     \
+#define NORMKIT_INSTANTIATE(T)                                                                   \
+  template void batch_norm_forward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*, int64_t, \
+                                      int64_t, int64_t, bool, double, double);                   \
+  template void batch_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,       \
                                        const T*, int64_t, int64_t, int64_t, bool);
 NORMKIT_INSTANTIATE(float)
 NORMKIT_INSTANTIATE(double)

@@ -63,8 +63,8 @@ T* out_optional(const py::object& a, const char* name, int64_t size) {
 
 template <class T>
 void layer_norm_forward_t(const py::array& x, const py::object& gamma, const py::object& beta,
-                          double eps, py::array& y, py::array& mean, py::array& rstd,
-                          int64_t rows, int64_t cols) {
+                          double eps, py::array& y, py::array& mean, py::array& rstd, int64_t rows,
+                          int64_t cols) {
   const T* x_p = in<T>(x, "x", rows * cols);
   const T* gamma_p = in_optional<T>(gamma, "gamma", cols);
   const T* beta_p = in_optional<T>(beta, "beta", cols);
@@ -89,16 +89,16 @@ void layer_norm_backward_t(const py::array& dy, const py::array& x, const py::ar
   T* dgamma_p = out_optional<T>(dgamma, "dgamma", cols);
   T* dbeta_p = out_optional<T>(dbeta, "dbeta", cols);
   py::gil_scoped_release release;
-  normkit::layer_norm_backward<T>(dx_p, dgamma_p, dbeta_p, dy_p, x_p, mean_p, rstd_p, gamma_p,
-                                  rows, cols);
+  normkit::layer_norm_backward<T>(dx_p, dgamma_p, dbeta_p, dy_p, x_p, mean_p, rstd_p, gamma_p, rows,
+                                  cols);
 }
 
 template <class T>
 void batch_norm_forward_t(const py::array& x, const py::object& running_mean,
                           const py::object& running_var, const py::object& gamma,
-                          const py::object& beta, py::array& y, py::array& mean,
-                          py::array& invstd, int64_t n, int64_t c, int64_t s, bool training,
-                          double momentum, double eps) {
+                          const py::object& beta, py::array& y, py::array& mean, py::array& invstd,
+                          int64_t n, int64_t c, int64_t s, bool training, double momentum,
+                          double eps) {
   const T* x_p = in<T>(x, "x", n * c * s);
   T* rm_p = out_optional<T>(running_mean, "running_mean", c);
   T* rv_p = out_optional<T>(running_var, "running_var", c);
@@ -108,15 +108,15 @@ void batch_norm_forward_t(const py::array& x, const py::object& running_mean,
   T* mean_p = out<T>(mean, "mean", c);
   T* invstd_p = out<T>(invstd, "invstd", c);
   py::gil_scoped_release release;
-  normkit::batch_norm_forward<T>(y_p, mean_p, invstd_p, rm_p, rv_p, x_p, gamma_p, beta_p, n, c,
-                                 s, training, momentum, eps);
+  normkit::batch_norm_forward<T>(y_p, mean_p, invstd_p, rm_p, rv_p, x_p, gamma_p, beta_p, n, c, s,
+                                 training, momentum, eps);
 }
 
 template <class T>
 void batch_norm_backward_t(const py::array& dy, const py::array& x, const py::array& mean,
                            const py::array& invstd, const py::object& gamma, py::array& dx,
-                           const py::object& dgamma, const py::object& dbeta, int64_t n,
-                           int64_t c, int64_t s, bool training) {
+                           const py::object& dgamma, const py::object& dbeta, int64_t n, int64_t c,
+                           int64_t s, bool training) {
   const T* dy_p = in<T>(dy, "dy", n * c * s);
   const T* x_p = in<T>(x, "x", n * c * s);
   const T* mean_p = in<T>(mean, "mean", c);
@@ -126,8 +126,8 @@ void batch_norm_backward_t(const py::array& dy, const py::array& x, const py::ar
   T* dgamma_p = out_optional<T>(dgamma, "dgamma", c);
   T* dbeta_p = out_optional<T>(dbeta, "dbeta", c);
   py::gil_scoped_release release;
-  normkit::batch_norm_backward<T>(dx_p, dgamma_p, dbeta_p, dy_p, x_p, mean_p, invstd_p, gamma_p,
-                                  n, c, s, training);
+  normkit::batch_norm_backward<T>(dx_p, dgamma_p, dbeta_p, dy_p, x_p, mean_p, invstd_p, gamma_p, n,
+                                  c, s, training);
 }
 
 // An uninitialised C-contiguous array; large ones come from the buffer pool and go back to it
@@ -182,8 +182,8 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "layer_norm_backward",
       [](const py::array& dy, const py::array& x, const py::array& mean, const py::array& rstd,
-         const py::object& gamma, py::array& dx, const py::object& dgamma,
-         const py::object& dbeta, int64_t rows, int64_t cols) {
+         const py::object& gamma, py::array& dx, const py::object& dgamma, const py::object& dbeta,
+         int64_t rows, int64_t cols) {
         if (is_float32(x))
           layer_norm_backward_t<float>(dy, x, mean, rstd, gamma, dx, dgamma, dbeta, rows, cols);
         else
@@ -200,23 +200,23 @@ PYBIND11_MODULE(_core, m) {
          py::array& invstd, int64_t n, int64_t c, int64_t s, bool training, double momentum,
          double eps) {
         if (is_float32(x))
-          batch_norm_forward_t<float>(x, running_mean, running_var, gamma, beta, y, mean, invstd,
-                                      n, c, s, training, momentum, eps);
+          batch_norm_forward_t<float>(x, running_mean, running_var, gamma, beta, y, mean, invstd, n,
+                                      c, s, training, momentum, eps);
         else
-          batch_norm_forward_t<double>(x, running_mean, running_var, gamma, beta, y, mean,
-                                       invstd, n, c, s, training, momentum, eps);
+          batch_norm_forward_t<double>(x, running_mean, running_var, gamma, beta, y, mean, invstd,
+                                       n, c, s, training, momentum, eps);
       },
       py::arg("x"), py::arg("running_mean"), py::arg("running_var"), py::arg("gamma"),
-      py::arg("beta"), py::arg("y"), py::arg("mean"), py::arg("invstd"), py::arg("n"),
-      py::arg("c"), py::arg("s"), py::arg("training"), py::arg("momentum"), py::arg("eps"),
+      py::arg("beta"), py::arg("y"), py::arg("mean"), py::arg("invstd"), py::arg("n"), py::arg("c"),
+      py::arg("s"), py::arg("training"), py::arg("momentum"), py::arg("eps"),
       "BatchNorm forward over x viewed as (n, c, s) into y, mean, invstd; updates running "
       "statistics in place when training.");
 
   m.def(
       "batch_norm_backward",
       [](const py::array& dy, const py::array& x, const py::array& mean, const py::array& invstd,
-         const py::object& gamma, py::array& dx, const py::object& dgamma,
-         const py::object& dbeta, int64_t n, int64_t c, int64_t s, bool training) {
+         const py::object& gamma, py::array& dx, const py::object& dgamma, const py::object& dbeta,
+         int64_t n, int64_t c, int64_t s, bool training) {
         if (is_float32(x))
           batch_norm_backward_t<float>(dy, x, mean, invstd, gamma, dx, dgamma, dbeta, n, c, s,
                                        training);
@@ -225,9 +225,8 @@ PYBIND11_MODULE(_core, m) {
                                         training);
       },
       py::arg("dy"), py::arg("x"), py::arg("mean"), py::arg("invstd"), py::arg("gamma"),
-      py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("n"), py::arg("c"),
-      py::arg("s"), py::arg("training"),
-      "BatchNorm backward into dx (and dgamma, dbeta when gamma is given).");
+      py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("n"), py::arg("c"), py::arg("s"),
+      py::arg("training"), "BatchNorm backward into dx (and dgamma, dbeta when gamma is given).");
 
   m.def("empty", &empty_array, py::arg("shape"), py::arg("dtype"),
         "Uninitialised C-contiguous array; large ones reuse cached, already-mapped memory.");

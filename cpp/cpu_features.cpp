@@ -64,7 +64,8 @@ long long last_level_cache_bytes() {
       char unit = 0;
       const int got = std::fscanf(f, "%lld%c", &value, &unit);
       std::fclose(f);
-      if (got >= 1 && value > 0) return unit == 'K' ? value << 10 : unit == 'M' ? value << 20 : value;
+      if (got >= 1 && value > 0)
+        return unit == 'K' ? value << 10 : unit == 'M' ? value << 20 : value;
     }
   }
 #ifdef _SC_LEVEL3_CACHE_SIZE
@@ -81,7 +82,7 @@ long long stream_threshold_bytes() {
     long long llc = last_level_cache_bytes();
     if (llc <= 0) llc = 32ll << 20;
     const long long quarter = llc / 4;
-    return quarter < (8ll << 20) ? 8ll << 20 : quarter > (64ll << 20) ? 64ll << 20 : quarter;
+    return quarter<(8ll << 20) ? 8ll << 20 : quarter>(64ll << 20) ? 64ll << 20 : quarter;
   }();
   return bytes;
 }

@@ -104,18 +104,18 @@ Isa parse_isa(const std::string& name) {
   if (name == "baseline") return Isa::baseline;
   if (name == "avx2") return Isa::avx2;
   if (name == "avx512") return Isa::avx512;
-  throw std::invalid_argument("unknown ISA '" + name +
-                              "'; expected baseline, avx2, avx512 or auto (available here: " +
-                              available_names() + ")");
+  throw std::invalid_argument(
+      "unknown ISA '" + name +
+      "'; expected baseline, avx2, avx512 or auto (available here: " + available_names() + ")");
 }
 
 Isa active_isa() { return active_state().isa.load(); }
 
 void set_active_isa(Isa isa) {
   if (!is_available(isa))
-    throw std::invalid_argument(std::string("ISA '") + isa_name(isa) +
-                                "' is not available on this CPU or build; available: " +
-                                available_names());
+    throw std::invalid_argument(
+        std::string("ISA '") + isa_name(isa) +
+        "' is not available on this CPU or build; available: " + available_names());
   Active& state = active_state();
   state.table.store(&table_for(isa));
   state.isa.store(isa);

@@ -33,7 +33,8 @@ void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
   check_sizes(rows, cols);
   if (gamma && (!dgamma || !dbeta))
     throw std::invalid_argument("layer_norm_backward: dgamma and dbeta are required with gamma");
-  active_kernels().of<T>().layer_norm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, rows, cols);
+  active_kernels().of<T>().layer_norm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, rows,
+                                               cols);
 }
 
 template void layer_norm_forward<float>(float*, float*, float*, const float*, const float*,
@@ -43,8 +44,8 @@ template void layer_norm_forward<double>(double*, double*, double*, const double
 template void layer_norm_backward<float>(float*, float*, float*, const float*, const float*,
                                          const float*, const float*, const float*, int64_t,
                                          int64_t);
-template void layer_norm_backward<double>(double*, double*, double*, const double*,
-                                          const double*, const double*, const double*,
-                                          const double*, int64_t, int64_t);
+template void layer_norm_backward<double>(double*, double*, double*, const double*, const double*,
+                                          const double*, const double*, const double*, int64_t,
+                                          int64_t);
 
 }  // namespace normkit

@@ -21,7 +21,8 @@ std::atomic<int>& thread_setting() {
 int get_num_threads() { return thread_setting().load(std::memory_order_relaxed); }
 
 void set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("number of threads must be >= 1, got " + std::to_string(n));
+  if (n < 1)
+    throw std::invalid_argument("number of threads must be >= 1, got " + std::to_string(n));
   thread_setting().store(n, std::memory_order_relaxed);
 }
 

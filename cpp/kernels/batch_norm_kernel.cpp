@@ -15,21 +15,21 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cpu_features.hpp"
 #include "kernels/kernels.hpp"
 #include "kernels/moments.hpp"
 #include "kernels/scratch.hpp"
 #include "kernels/vec.hpp"
-#include "cpu_features.hpp"
 #include "threading.hpp"
 
 namespace normkit {
 namespace NORMKIT_CPU_NS {
 namespace {
 
-constexpr int64_t kMinRun = 16;               // shorter runs use the column layout
-constexpr int64_t kBlockRows = 256;  // column layout: a task takes kBlockRows rows
-constexpr int64_t kColGroup = 256;   // ... of kColGroup columns (a multiple of every tile width)
-constexpr int64_t kRowsPerFlush = 16;         // rows summed in T before float64 (columns)
+constexpr int64_t kMinRun = 16;        // shorter runs use the column layout
+constexpr int64_t kBlockRows = 256;    // column layout: a task takes kBlockRows rows
+constexpr int64_t kColGroup = 256;     // ... of kColGroup columns (a multiple of every tile width)
+constexpr int64_t kRowsPerFlush = 16;  // rows summed in T before float64 (columns)
 
 struct Shape {
   int64_t n, c, s;
@@ -154,7 +154,8 @@ void column_moments(double* out, const T* x, int64_t cols, int64_t j, int64_t r0
       acc_d = acc_d2 = T(0);
     }
   }
-  store_moments(out, Moments{count, static_cast<double>(shift) + sd / count, sd2 - sd * sd / count});
+  store_moments(out,
+                Moments{count, static_cast<double>(shift) + sd / count, sd2 - sd * sd / count});
 }
 
 // Sums of dy and dy * xhat for columns [j0, j0 + kChains * W) over rows [r0, r1), with
@@ -242,20 +243,23 @@ void chunk_grad_sums(double* out, const T* dy, const T* x, T mean, T invstd, int
   using V = Vec<T>;
   const int64_t n_vec = n - n % V::width;
   const V mean_v = V::broadcast(mean), invstd_v = V::broadcast(invstd);
-  Chains<T> s_dy = Chains<T>::zero(), s_dyx = Chains<T>::zero();
   WideSum<T> t_dy = WideSum<T>::zero(), t_dyx = WideSum<T>::zero();
-  blocked_loop<T>(
-      n_vec,
-      [&](int64_t j, int u) {
-        const V d = V::load(dy + j);
-        const V xhat = (V::load(x + j) - mean_v) * invstd_v;
-        s_dy.acc[u] = s_dy.acc[u] + d;
-        s_dyx.acc[u] = fmadd(d, xhat, s_dyx.acc[u]);
-      },
-      [&] {
-        s_dy.flush_into(t_dy);
-        s_dyx.flush_into(t_dyx);
-      });
+  with_chains<T>(n_vec, [&](auto chains) {
+    constexpr int kC = decltype(chains)::value;
+    Chains<T, kC> s_dy = Chains<T, kC>::zero(), s_dyx = Chains<T, kC>::zero();
+    blocked_loop<T, kC>(
+        n_vec,
+        [&](int64_t j, int u) {
+          const V d = V::load(dy + j);
+          const V xhat = (V::load(x + j) - mean_v) * invstd_v;
+          s_dy.acc[u] = s_dy.acc[u] + d;
+          s_dyx.acc[u] = fmadd(d, xhat, s_dyx.acc[u]);
+        },
+        [&] {
+          s_dy.flush_into(t_dy);
+          s_dyx.flush_into(t_dyx);
+        });
+  });
   double tail_dy = 0.0, tail_dyx = 0.0;
   for (int64_t j = n_vec; j < n; ++j) {
     const T xhat = (x[j] - mean) * invstd;
@@ -313,8 +317,8 @@ void apply_impl(T* y, const T* x, const T* mean_hi, const T* mean_lo, const T* s
 // Training: dx = k * (dy - a - xhat * b),  xhat = (x - mean) * invstd
 // Eval: dx = k * dy.   Per channel (runs) or per column (columns).
 template <class T, bool kStream, bool kTraining>
-void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T* invstd,
-                         const T* k, const T* a, const T* b, const Shape& sh) {
+void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T* invstd, const T* k,
+                         const T* a, const T* b, const Shape& sh) {
   using V = Vec<T>;
   if (!sh.columns()) {
     parallel_for(sh.n * sh.c, sh.s, [&](int64_t t0, int64_t t1) {
@@ -438,9 +442,8 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
   parallel_for(c, 3 * blocks * s, [&](int64_t c0, int64_t c1) {
     for (int64_t ch = c0; ch < c1; ++ch) {
       // part q = (block b, column k of the channel)
-      const Moments m = combine(blocks * s, [&](int64_t q) {
-        return parts + 3 * ((q / s) * cols + ch * s + q % s);
-      });
+      const Moments m = combine(
+          blocks * s, [&](int64_t q) { return parts + 3 * ((q / s) * cols + ch * s + q % s); });
       mean[ch] = m.mean;
       var[ch] = biased_variance(m);
     }
@@ -495,23 +498,21 @@ void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, const T* dy, cons
   const int64_t cols = sh.cols(), blocks = sh.n_blocks();
   Workspace ws(static_cast<std::size_t>(2 * cols * blocks));
   double* parts = ws.data();  // (blocks, cols, 2)
-  parallel_for(blocks * sh.n_col_groups(), 2 * kBlockRows * kColGroup,
-               [&](int64_t t0, int64_t t1) {
-                 for (int64_t t = t0; t < t1; ++t) {
-                   int64_t r0, r1, j0, j1;
-                   sh.task(t, r0, r1, j0, j1);
-                   double* out = parts + 2 * cols * (r0 / kBlockRows);
-                   for_tiles<T>(
-                       j0, j1,
-                       [&](int64_t j) {
-                         tile_grad_sums(out + 2 * j, dy, x, mean_col, invstd_col, cols, j, r0, r1);
-                       },
-                       [&](int64_t j) {
-                         column_grad_sums(out + 2 * j, dy, x, mean_col, invstd_col, cols, j, r0,
-                                          r1);
-                       });
-                 }
-               });
+  parallel_for(blocks * sh.n_col_groups(), 2 * kBlockRows * kColGroup, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t r0, r1, j0, j1;
+      sh.task(t, r0, r1, j0, j1);
+      double* out = parts + 2 * cols * (r0 / kBlockRows);
+      for_tiles<T>(
+          j0, j1,
+          [&](int64_t j) {
+            tile_grad_sums(out + 2 * j, dy, x, mean_col, invstd_col, cols, j, r0, r1);
+          },
+          [&](int64_t j) {
+            column_grad_sums(out + 2 * j, dy, x, mean_col, invstd_col, cols, j, r0, r1);
+          });
+    }
+  });
   parallel_for(c, 2 * blocks * s, [&](int64_t c0, int64_t c1) {
     for (int64_t ch = c0; ch < c1; ++ch) {
       double s_dy = 0.0, s_dyx = 0.0;
@@ -548,15 +549,14 @@ void batch_norm_backward_apply(T* dx, const T* dy, const T* x, const T* mean, co
   }
 }
 
-#define NORMKIT_INSTANTIATE(T)                                                                    \
-  template void batch_norm_stats<T>(double*, double*, const T*, int64_t, int64_t, int64_t);      \
-  template void batch_norm_apply<T>(T*, const T*, const T*, const T*, const T*, const T*,         \
-                                    int64_t, int64_t, int64_t);                                   \
-  template void batch_norm_grad_sums<T>(double*, double*, const T*, const T*, const T*,           \
-                                        const T*, int64_t, int64_t, int64_t);                     \
-  template void batch_norm_backward_apply<T>(T*, const T*, const T*, const T*, const T*,          \
-                                             const T*, const T*, const T*, int64_t, int64_t,      \
-                                             int64_t);
+#define NORMKIT_INSTANTIATE(T)                                                                     \
+  template void batch_norm_stats<T>(double*, double*, const T*, int64_t, int64_t, int64_t);        \
+  template void batch_norm_apply<T>(T*, const T*, const T*, const T*, const T*, const T*, int64_t, \
+                                    int64_t, int64_t);                                             \
+  template void batch_norm_grad_sums<T>(double*, double*, const T*, const T*, const T*, const T*,  \
+                                        int64_t, int64_t, int64_t);                                \
+  template void batch_norm_backward_apply<T>(T*, const T*, const T*, const T*, const T*, const T*, \
+                                             const T*, const T*, int64_t, int64_t, int64_t);
 NORMKIT_INSTANTIATE(float)
 NORMKIT_INSTANTIATE(double)
 #undef NORMKIT_INSTANTIATE

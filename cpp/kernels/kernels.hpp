@@ -33,8 +33,7 @@ void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, const T* dy, cons
 
 template <class T>
 void batch_norm_backward_apply(T* dx, const T* dy, const T* x, const T* mean, const T* invstd,
-                               const T* k, const T* a, const T* b, int64_t n, int64_t c,
-                               int64_t s);
+                               const T* k, const T* a, const T* b, int64_t n, int64_t c, int64_t s);
 
 }  // namespace NORMKIT_CPU_NS
 }  // namespace normkit

@@ -12,11 +12,11 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cpu_features.hpp"
 #include "kernels/kernels.hpp"
 #include "kernels/moments.hpp"
 #include "kernels/scratch.hpp"
 #include "kernels/vec.hpp"
-#include "cpu_features.hpp"
 #include "threading.hpp"
 
 namespace normkit {
@@ -97,8 +97,8 @@ void normalize_chunk(T* y, const T* x, const T* gamma, const T* beta, RowScale<T
 
 // Normalizes columns [c0, c0 + n) of one row; gamma and beta are indexed by column.
 template <class T, bool kStream>
-void normalize(T* y_row, const T* x_row, const T* gamma, const T* beta, RowScale<T> s,
-               int64_t c0, int64_t n) {
+void normalize(T* y_row, const T* x_row, const T* gamma, const T* beta, RowScale<T> s, int64_t c0,
+               int64_t n) {
   T* y = y_row + c0;
   const T* x = x_row + c0;
   if (gamma && beta)
@@ -136,26 +136,29 @@ GradSums chunk_grad_sums(T* dgamma_acc, T* dbeta_acc, const T* dy, const T* x, c
   using V = Vec<T>;
   const int64_t n_vec = n - n % V::width;
   const V mean_v = V::broadcast(mean), rstd_v = V::broadcast(rstd);
-  Chains<T> sum_g = Chains<T>::zero(), sum_gx = Chains<T>::zero();
   WideSum<T> total_g = WideSum<T>::zero(), total_gx = WideSum<T>::zero();
-  blocked_loop<T>(
-      n_vec,
-      [&](int64_t j, int u) {
-        const V xhat = (V::load(x + j) - mean_v) * rstd_v;
-        const V d = V::load(dy + j);
-        V g = d;
-        if constexpr (kAffine) {
-          g = d * V::load(gamma + j);
-          fmadd(d, xhat, V::load(dgamma_acc + j)).store(dgamma_acc + j);
-          (V::load(dbeta_acc + j) + d).store(dbeta_acc + j);
-        }
-        sum_g.acc[u] = sum_g.acc[u] + g;
-        sum_gx.acc[u] = fmadd(g, xhat, sum_gx.acc[u]);
-      },
-      [&] {
-        sum_g.flush_into(total_g);
-        sum_gx.flush_into(total_gx);
-      });
+  with_chains<T>(n_vec, [&](auto chains) {
+    constexpr int kC = decltype(chains)::value;
+    Chains<T, kC> sum_g = Chains<T, kC>::zero(), sum_gx = Chains<T, kC>::zero();
+    blocked_loop<T, kC>(
+        n_vec,
+        [&](int64_t j, int u) {
+          const V xhat = (V::load(x + j) - mean_v) * rstd_v;
+          const V d = V::load(dy + j);
+          V g = d;
+          if constexpr (kAffine) {
+            g = d * V::load(gamma + j);
+            fmadd(d, xhat, V::load(dgamma_acc + j)).store(dgamma_acc + j);
+            (V::load(dbeta_acc + j) + d).store(dbeta_acc + j);
+          }
+          sum_g.acc[u] = sum_g.acc[u] + g;
+          sum_gx.acc[u] = fmadd(g, xhat, sum_gx.acc[u]);
+        },
+        [&] {
+          sum_g.flush_into(total_g);
+          sum_gx.flush_into(total_gx);
+        });
+  });
   double tail_g = 0.0, tail_gx = 0.0;
   for (int64_t j = n_vec; j < n; ++j) {
     const T xhat = (x[j] - mean) * rstd;
@@ -235,12 +238,11 @@ GradSums grad_sums(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t
   const int64_t c0 = p.chunk_begin(chunk), n = p.chunk_size(chunk);
   const int64_t off = row * p.cols + c0;
   if (a.gamma)
-    return chunk_grad_sums<T, true>(acc_g, acc_b, a.dy + off, a.x + off, a.gamma + c0,
-                                    a.mean[row], a.rstd[row], n);
-  return chunk_grad_sums<T, false>(nullptr, nullptr, a.dy + off, a.x + off, nullptr,
-                                   a.mean[row], a.rstd[row], n);
+    return chunk_grad_sums<T, true>(acc_g, acc_b, a.dy + off, a.x + off, a.gamma + c0, a.mean[row],
+                                    a.rstd[row], n);
+  return chunk_grad_sums<T, false>(nullptr, nullptr, a.dy + off, a.x + off, nullptr, a.mean[row],
+                                   a.rstd[row], n);
 }
-
 
 template <class T, bool kStream>
 void dx_chunk(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t chunk,
@@ -260,8 +262,8 @@ void dx_chunk(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t chun
 
 // dgamma[j] = sum over blocks of dgamma_part[b][j], added in block order (likewise dbeta).
 template <class T>
-void reduce_param_grads(T* dgamma, T* dbeta, const double* dgamma_part,
-                        const double* dbeta_part, const Plan& p) {
+void reduce_param_grads(T* dgamma, T* dbeta, const double* dgamma_part, const double* dbeta_part,
+                        const Plan& p) {
   constexpr int64_t kTile = 512;
   const int64_t n_tiles = (p.cols + kTile - 1) / kTile;
   parallel_for(n_tiles, kTile * p.n_blocks, [&](int64_t t0, int64_t t1) {
@@ -283,15 +285,14 @@ void reduce_param_grads(T* dgamma, T* dbeta, const double* dgamma_part,
   });
 }
 
-
 template <class T>
 bool stream_output(int64_t rows, int64_t cols) {
   return rows * cols * int64_t{sizeof(T)} >= stream_threshold_bytes();
 }
 
 template <class T, bool kStream>
-void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
-                  int64_t rows, int64_t cols, double eps) {
+void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int64_t rows,
+                  int64_t cols, double eps) {
   const Plan p(rows, cols);
 
   auto finish_row = [&](int64_t i, const RowScale<T>& s) {
@@ -323,7 +324,7 @@ void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* b
   // Few, long rows: chunk moments in parallel, merged per row, then normalize in parallel.
   const int64_t n_tasks = rows * p.n_chunks;
   Workspace ws(static_cast<std::size_t>(3 * n_tasks + 2 * rows));
-  double* moments = ws.data();              // (rows, n_chunks, 3)
+  double* moments = ws.data();                // (rows, n_chunks, 3)
   double* row_stats = moments + 3 * n_tasks;  // (rows, 2): mean, m2
   parallel_for(n_tasks, kChunk, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -358,7 +359,13 @@ void backward_impl(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T*
   const bool affine = gamma != nullptr;
 
   Workspace parts(affine ? static_cast<std::size_t>(2 * p.n_blocks * cols) : 0);
-  BackwardArgs<T> a{dx, dy, x, mean, rstd, gamma, parts.data(),
+  BackwardArgs<T> a{dx,
+                    dy,
+                    x,
+                    mean,
+                    rstd,
+                    gamma,
+                    parts.data(),
                     affine ? parts.data() + p.n_blocks * cols : nullptr};
 
   if (p.rows_in_parallel(p.n_blocks)) {
@@ -466,9 +473,9 @@ template void layer_norm_forward<double>(double*, double*, double*, const double
 template void layer_norm_backward<float>(float*, float*, float*, const float*, const float*,
                                          const float*, const float*, const float*, int64_t,
                                          int64_t);
-template void layer_norm_backward<double>(double*, double*, double*, const double*,
-                                          const double*, const double*, const double*,
-                                          const double*, int64_t, int64_t);
+template void layer_norm_backward<double>(double*, double*, double*, const double*, const double*,
+                                          const double*, const double*, const double*, int64_t,
+                                          int64_t);
 
 }  // namespace NORMKIT_CPU_NS
 }  // namespace normkit

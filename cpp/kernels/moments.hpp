@@ -22,19 +22,22 @@ Moments shifted_moments(const T* x, int64_t n, T shift) {
   using V = Vec<T>;
   const int64_t n_vec = n - n % V::width;
   const V shift_v = V::broadcast(shift);
-  Chains<T> sum_d = Chains<T>::zero(), sum_d2 = Chains<T>::zero();
   WideSum<T> total_d = WideSum<T>::zero(), total_d2 = WideSum<T>::zero();
-  blocked_loop<T>(
-      n_vec,
-      [&](int64_t j, int u) {
-        const V d = V::load(x + j) - shift_v;
-        sum_d.acc[u] = sum_d.acc[u] + d;
-        sum_d2.acc[u] = fmadd(d, d, sum_d2.acc[u]);
-      },
-      [&] {
-        sum_d.flush_into(total_d);
-        sum_d2.flush_into(total_d2);
-      });
+  with_chains<T>(n_vec, [&](auto chains) {
+    constexpr int kC = decltype(chains)::value;
+    Chains<T, kC> sum_d = Chains<T, kC>::zero(), sum_d2 = Chains<T, kC>::zero();
+    blocked_loop<T, kC>(
+        n_vec,
+        [&](int64_t j, int u) {
+          const V d = V::load(x + j) - shift_v;
+          sum_d.acc[u] = sum_d.acc[u] + d;
+          sum_d2.acc[u] = fmadd(d, d, sum_d2.acc[u]);
+        },
+        [&] {
+          sum_d.flush_into(total_d);
+          sum_d2.flush_into(total_d2);
+        });
+  });
   double tail_d = 0.0, tail_d2 = 0.0;
   for (int64_t j = n_vec; j < n; ++j) {
     const double d = static_cast<double>(x[j] - shift);

@@ -14,8 +14,7 @@ namespace NORMKIT_CPU_NS {
 template <class T>
 class TaskBuffer {
  public:
-  explicit TaskBuffer(int64_t n)
-      : ws_(static_cast<std::size_t>((n * int64_t{sizeof(T)} + 7) / 8)) {
+  explicit TaskBuffer(int64_t n) : ws_(static_cast<std::size_t>((n * int64_t{sizeof(T)} + 7) / 8)) {
     for (int64_t j = 0; j < n; ++j) data()[j] = T(0);
   }
   T* data() const { return reinterpret_cast<T*>(ws_.data()); }

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
 #include <immintrin.h>
@@ -137,13 +138,21 @@ struct Vec {
   void stream(T* p) const { *p = v; }
 };
 template <class T>
-inline Vec<T> operator+(Vec<T> a, Vec<T> b) { return {a.v + b.v}; }
+inline Vec<T> operator+(Vec<T> a, Vec<T> b) {
+  return {a.v + b.v};
+}
 template <class T>
-inline Vec<T> operator-(Vec<T> a, Vec<T> b) { return {a.v - b.v}; }
+inline Vec<T> operator-(Vec<T> a, Vec<T> b) {
+  return {a.v - b.v};
+}
 template <class T>
-inline Vec<T> operator*(Vec<T> a, Vec<T> b) { return {a.v * b.v}; }
+inline Vec<T> operator*(Vec<T> a, Vec<T> b) {
+  return {a.v * b.v};
+}
 template <class T>
-inline Vec<T> fmadd(Vec<T> a, Vec<T> b, Vec<T> c) { return a * b + c; }
+inline Vec<T> fmadd(Vec<T> a, Vec<T> b, Vec<T> c) {
+  return a * b + c;
+}
 // A "float vector" of one lane widens entirely into widen_lo; widen_hi is unused (parts == 1).
 inline Vec<double> widen_lo(Vec<float> a) { return {static_cast<double>(a.v)}; }
 inline Vec<double> widen_hi(Vec<float> a) { return {static_cast<double>(a.v)}; }
@@ -233,9 +242,10 @@ struct WideSum {
 constexpr int kChains = 4;
 constexpr int kTermsPerLane = 16;
 
-template <class T>
+template <class T, int kC = kChains>
 struct Chains {
-  Vec<T> acc[kChains];
+  static_assert(kC == 1 || kC == 2 || kC == 4, "chains are added as a binary tree");
+  Vec<T> acc[kC];
 
   static Chains zero() {
     Chains c;
@@ -245,38 +255,47 @@ struct Chains {
   // total += the chains widened and added as a tree, (c0 + c1) + (c2 + c3): a short dependency
   // chain. The chains restart at zero.
   void flush_into(WideSum<T>& total) {
-    static_assert(kChains == 4, "the tree below adds four chains");
-    const Wide<T> w[kChains] = {Wide<T>::of(acc[0]), Wide<T>::of(acc[1]), Wide<T>::of(acc[2]),
-                                Wide<T>::of(acc[3])};
-    Wide<T> sum;
-    for (int k = 0; k < Wide<T>::parts; ++k)
-      sum.part[k] = (w[0].part[k] + w[1].part[k]) + (w[2].part[k] + w[3].part[k]);
-    total.add(sum);
+    Wide<T> w[kC];
+    for (int u = 0; u < kC; ++u) w[u] = Wide<T>::of(acc[u]);
+    for (int step = 1; step < kC; step *= 2)
+      for (int u = 0; u + step < kC; u += 2 * step)
+        for (int k = 0; k < Wide<T>::parts; ++k) w[u].part[k] = w[u].part[k] + w[u + step].part[k];
+    total.add(w[0]);
     for (auto& a : acc) a = Vec<T>::broadcast(T(0));
   }
   // The sum of all lanes of all chains, added in T along a fixed tree and then in float64: a
   // rough total for estimates (it rounds in T over many terms).
   double rough_total() const {
-    const Vec<T> v = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    const Wide<T> w = Wide<T>::of(v);
+    Vec<T> v[kC];
+    for (int u = 0; u < kC; ++u) v[u] = acc[u];
+    for (int step = 1; step < kC; step *= 2)
+      for (int u = 0; u + step < kC; u += 2 * step) v[u] = v[u] + v[u + step];
+    const Wide<T> w = Wide<T>::of(v[0]);
     Vec<double> s = w.part[0];
     for (int k = 1; k < Wide<T>::parts; ++k) s = s + w.part[k];
     return reduce_add(s);
   }
 };
 
+// How many chains a loop over n_vec values (whole vectors) uses: enough to hide the add
+// latency on long runs, fewer on short rows where flushing four chains would dominate.
+template <class T>
+constexpr int chains_for(int64_t n_vec) {
+  return n_vec >= 16 * Vec<T>::width ? 4 : n_vec >= 4 * Vec<T>::width ? 2 : 1;
+}
+
 // Calls step(j, u) for each full vector j in [0, n_vec) (n_vec a multiple of the width), u being
-// the chain to accumulate into, then flush() after every block of kChains * kTermsPerLane
+// the chain to accumulate into, then flush() after every block of kC * kTermsPerLane
 // vectors and after the last one. The order depends on n_vec only.
-template <class T, class Step, class Flush>
+template <class T, int kC = kChains, class Step, class Flush>
 inline void blocked_loop(int64_t n_vec, const Step& step, const Flush& flush) {
   constexpr int64_t W = Vec<T>::width;
-  constexpr int64_t kBlock = kChains * kTermsPerLane * W;
+  constexpr int64_t kBlock = kC * kTermsPerLane * W;
   for (int64_t j0 = 0; j0 < n_vec; j0 += kBlock) {
     const int64_t j1 = j0 + kBlock < n_vec ? j0 + kBlock : n_vec;
     int64_t j = j0;
-    for (; j + kChains * W <= j1; j += kChains * W)
-      for (int u = 0; u < kChains; ++u) step(j + u * W, u);
+    for (; j + kC * W <= j1; j += kC * W)
+      for (int u = 0; u < kC; ++u) step(j + u * W, u);
     for (; j < j1; j += W) step(j, 0);
     flush();
   }
@@ -289,6 +308,19 @@ inline void accumulate_wide(double* p, Vec<T> a) {
   for (int k = 0; k < Wide<T>::parts; ++k) {
     double* q = p + k * Vec<double>::width;
     (Vec<double>::load(q) + w.part[k]).store(q);
+  }
+}
+
+// Calls f(std::integral_constant<int, kC>{}) with kC = chains_for<T>(n_vec).
+template <class T, class F>
+inline decltype(auto) with_chains(int64_t n_vec, const F& f) {
+  switch (chains_for<T>(n_vec)) {
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    default:
+      return f(std::integral_constant<int, 4>{});
   }
 }
 
