@@ -273,6 +273,8 @@ def test_layer_state_dict_round_trip(rng):
 def test_layer_errors():
     with pytest.raises(ValueError, match="expected 3 channels"):
         BatchNorm(3)(np.ones((4, 5), np.float32))
+    with pytest.raises(ValueError, match="expected 3 channels"):
+        BatchNorm(3).eval()(np.ones((4, 5), np.float32))
     with pytest.raises(RuntimeError, match="before forward"):
         BatchNorm(3).backward(np.ones((4, 3), np.float32))
     with pytest.raises(ValueError, match="momentum"):

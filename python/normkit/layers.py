@@ -214,16 +214,14 @@ class BatchNorm(Module):
         x = _checks.float_array(x, "x")
         if x.dtype != self.dtype:
             raise TypeError(f"x: expected dtype {self.dtype} (the layer's dtype), got {x.dtype}")
+        if x.ndim >= 2 and -x.ndim <= self.axis < x.ndim and x.shape[self.axis] != self.num_features:
+            raise ValueError(
+                f"x: expected {self.num_features} channels on axis {self.axis}, got shape {x.shape}"
+            )
         update = self.training and self.track_running_stats
         momentum = 0.0 if self.momentum is None else self.momentum
-        if update:
-            if x.ndim >= 2 and -x.ndim <= self.axis < x.ndim and x.shape[self.axis] != self.num_features:
-                raise ValueError(
-                    f"x: expected {self.num_features} channels on axis {self.axis}, got shape "
-                    f"{x.shape}"
-                )
-            if self.momentum is None:  # cumulative moving average
-                momentum = 1.0 / (self.num_batches_tracked + 1)
+        if update and self.momentum is None:  # cumulative moving average
+            momentum = 1.0 / (self.num_batches_tracked + 1)
         use_batch_stats = self.training or not self.track_running_stats
         y, mean, invstd = self._forward(
             x, self.running_mean, self.running_var, self.gamma, self.beta,
