@@ -273,24 +273,21 @@ void chunk_grad_sums(double* out, const T* dy, const T* x, T mean, T invstd, int
 // ---------------------------------------------------------------------------------------------
 // Element-wise passes
 
-// Scalar math: y = ((x - mean_hi) - mean_lo) * scale + shift, per channel (runs) or per
-// column (columns: the arrays are given per column).
+// Scalar math: y = (x - mean) * scale + shift, per channel (runs) or per column (columns: the
+// arrays are given per column).
 template <class T, bool kStream>
-void apply_impl(T* y, const T* x, const T* mean_hi, const T* mean_lo, const T* scale,
-                const T* shift, const Shape& sh) {
+void apply_impl(T* y, const T* x, const T* mean, const T* scale, const T* shift, const Shape& sh) {
   using V = Vec<T>;
   if (!sh.columns()) {
     parallel_for(sh.n * sh.c, sh.s, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t ch = t % sh.c;
-        const T hi = mean_hi[ch], lo = mean_lo[ch], k = scale[ch], b = shift[ch];
-        const V hi_v = V::broadcast(hi), lo_v = V::broadcast(lo);
-        const V k_v = V::broadcast(k), b_v = V::broadcast(b);
+        const T m = mean[ch], k = scale[ch], b = shift[ch];
+        const V m_v = V::broadcast(m), k_v = V::broadcast(k), b_v = V::broadcast(b);
         const T* xr = x + t * sh.s;
         elementwise<T, kStream>(
-            y + t * sh.s, sh.s,
-            [&](int64_t j) { return fmadd((V::load(xr + j) - hi_v) - lo_v, k_v, b_v); },
-            [&](int64_t j) { return fma_scalar((xr[j] - hi) - lo, k, b); });
+            y + t * sh.s, sh.s, [&](int64_t j) { return fmadd(V::load(xr + j) - m_v, k_v, b_v); },
+            [&](int64_t j) { return fma_scalar(xr[j] - m, k, b); });
       }
       if constexpr (kStream) stream_fence();
     });
@@ -303,12 +300,10 @@ void apply_impl(T* y, const T* x, const T* mean_hi, const T* mean_lo, const T* s
       elementwise<T, kStream>(
           y + r * cols, cols,
           [&](int64_t j) {
-            return fmadd((V::load(xr + j) - V::load(mean_hi + j)) - V::load(mean_lo + j),
-                         V::load(scale + j), V::load(shift + j));
+            return fmadd(V::load(xr + j) - V::load(mean + j), V::load(scale + j),
+                         V::load(shift + j));
           },
-          [&](int64_t j) {
-            return fma_scalar((xr[j] - mean_hi[j]) - mean_lo[j], scale[j], shift[j]);
-          });
+          [&](int64_t j) { return fma_scalar(xr[j] - mean[j], scale[j], shift[j]); });
     }
     if constexpr (kStream) stream_fence();
   });
@@ -451,14 +446,14 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
 }
 
 template <class T>
-void batch_norm_apply(T* y, const T* x, const T* mean_hi, const T* mean_lo, const T* scale,
-                      const T* shift, int64_t n, int64_t c, int64_t s) {
+void batch_norm_apply(T* y, const T* x, const T* mean, const T* scale, const T* shift, int64_t n,
+                      int64_t c, int64_t s) {
   const Shape sh{n, c, s};
-  const ColumnArrays<T> arr(sh, {mean_hi, mean_lo, scale, shift, nullptr});
+  const ColumnArrays<T> arr(sh, {mean, scale, shift, nullptr, nullptr});
   if (stream_output<T>(sh))
-    apply_impl<T, true>(y, x, arr.cols[0], arr.cols[1], arr.cols[2], arr.cols[3], sh);
+    apply_impl<T, true>(y, x, arr.cols[0], arr.cols[1], arr.cols[2], sh);
   else
-    apply_impl<T, false>(y, x, arr.cols[0], arr.cols[1], arr.cols[2], arr.cols[3], sh);
+    apply_impl<T, false>(y, x, arr.cols[0], arr.cols[1], arr.cols[2], sh);
 }
 
 template <class T>
@@ -551,8 +546,8 @@ void batch_norm_backward_apply(T* dx, const T* dy, const T* x, const T* mean, co
 
 #define NORMKIT_INSTANTIATE(T)                                                                     \
   template void batch_norm_stats<T>(double*, double*, const T*, int64_t, int64_t, int64_t);        \
-  template void batch_norm_apply<T>(T*, const T*, const T*, const T*, const T*, const T*, int64_t, \
-                                    int64_t, int64_t);                                             \
+  template void batch_norm_apply<T>(T*, const T*, const T*, const T*, const T*, int64_t, int64_t,  \
+                                    int64_t);                                                      \
   template void batch_norm_grad_sums<T>(double*, double*, const T*, const T*, const T*, const T*,  \
                                         int64_t, int64_t, int64_t);                                \
   template void batch_norm_backward_apply<T>(T*, const T*, const T*, const T*, const T*, const T*, \

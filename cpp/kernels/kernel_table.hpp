@@ -20,10 +20,10 @@ using LayerNormBackwardFn = void (*)(T* dx, T* dgamma, T* dbeta, const T* dy, co
 template <class T>
 using BatchNormStatsFn = void (*)(double* mean, double* var, const T* x, int64_t n, int64_t c,
                                   int64_t s);
-// apply: y = ((x - mean_hi) - mean_lo) * scale + shift.
+// apply: y = (x - mean) * scale + shift.
 template <class T>
-using BatchNormApplyFn = void (*)(T* y, const T* x, const T* mean_hi, const T* mean_lo,
-                                  const T* scale, const T* shift, int64_t n, int64_t c, int64_t s);
+using BatchNormApplyFn = void (*)(T* y, const T* x, const T* mean, const T* scale, const T* shift,
+                                  int64_t n, int64_t c, int64_t s);
 // grad_sums: float64 sums of dy and dy * (x - mean) * invstd per channel.
 template <class T>
 using BatchNormGradSumsFn = void (*)(double* sum_dy, double* sum_dy_xhat, const T* dy, const T* x,

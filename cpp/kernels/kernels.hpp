@@ -24,8 +24,8 @@ template <class T>
 void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t c, int64_t s);
 
 template <class T>
-void batch_norm_apply(T* y, const T* x, const T* mean_hi, const T* mean_lo, const T* scale,
-                      const T* shift, int64_t n, int64_t c, int64_t s);
+void batch_norm_apply(T* y, const T* x, const T* mean, const T* scale, const T* shift, int64_t n,
+                      int64_t c, int64_t s);
 
 template <class T>
 void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, const T* dy, const T* x,

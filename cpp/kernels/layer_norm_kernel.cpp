@@ -56,11 +56,13 @@ struct Plan {
 // ---------------------------------------------------------------------------------------------
 // Forward
 
-// Per-row constants of the normalization. The float64 mean is split into mean_hi + mean_lo so
-// float32 output keeps full precision when |mean| >> std (x - mean_hi is exact there).
+// Per-row constants of the normalization. The float64 mean is split into mean_hi (in T) and a
+// remainder folded into the offset, so float32 output keeps full precision when
+// |mean| >> std: x - mean_hi is exact there, and xhat = (x - mean_hi) * rstd + offset rounds
+// once (with FMA).
 template <class T>
 struct RowScale {
-  T mean_hi, mean_lo, rstd;
+  T mean_hi, rstd, offset;  // offset = -(mean - mean_hi) * rstd
 };
 
 template <class T>
@@ -69,25 +71,25 @@ RowScale<T> row_scale(const Moments& m, double eps) {
   if (var < 0.0) var = 0.0;  // rounding; NaN passes through
   const double rstd = 1.0 / std::sqrt(var + eps);
   const T hi = static_cast<T>(m.mean);
-  return {hi, static_cast<T>(m.mean - static_cast<double>(hi)), static_cast<T>(rstd)};
+  return {hi, static_cast<T>(rstd), static_cast<T>(-(m.mean - static_cast<double>(hi)) * rstd)};
 }
 
-// Scalar math: y = ((x - mean_hi) - mean_lo) * rstd * gamma + beta   (gamma, beta optional)
+// Scalar math: y = ((x - mean_hi) * rstd + offset) * gamma + beta   (gamma, beta optional)
 template <class T, bool kGamma, bool kBeta, bool kStream>
 void normalize_chunk(T* y, const T* x, const T* gamma, const T* beta, RowScale<T> s, int64_t n) {
   using V = Vec<T>;
-  const V hi = V::broadcast(s.mean_hi), lo = V::broadcast(s.mean_lo), r = V::broadcast(s.rstd);
+  const V hi = V::broadcast(s.mean_hi), r = V::broadcast(s.rstd), off = V::broadcast(s.offset);
   elementwise<T, kStream>(
       y, n,
       [&](int64_t j) {
-        V v = ((V::load(x + j) - hi) - lo) * r;
+        V v = fmadd(V::load(x + j) - hi, r, off);
         if constexpr (kGamma && kBeta) v = fmadd(v, V::load(gamma + j), V::load(beta + j));
         if constexpr (kGamma && !kBeta) v = v * V::load(gamma + j);
         if constexpr (!kGamma && kBeta) v = v + V::load(beta + j);
         return v;
       },
       [&](int64_t j) {
-        T v = ((x[j] - s.mean_hi) - s.mean_lo) * s.rstd;
+        T v = fma_scalar(x[j] - s.mean_hi, s.rstd, s.offset);
         if constexpr (kGamma && kBeta) v = fma_scalar(v, gamma[j], beta[j]);
         if constexpr (kGamma && !kBeta) v = v * gamma[j];
         if constexpr (!kGamma && kBeta) v = v + beta[j];
