@@ -26,8 +26,10 @@ def main() -> None:
             continue
         rows.setdefault((kernel, shape, threads), {})[impl] = b
     ctx = data["context"]
-    print(f"{ctx['date'][:10]}, {ctx['num_cpus']} CPUs at {ctx['mhz_per_cpu']} MHz, "
-          f"normkit {isa}, {args.dtype}\n")
+    print(
+        f"{ctx['date'][:10]}, {ctx['num_cpus']} CPUs at {ctx['mhz_per_cpu']} MHz, "
+        f"normkit {isa}, {args.dtype}\n"
+    )
     print("| kernel | shape | threads | normkit ms | GB/s | % of copy | oneDNN ms | vs oneDNN |")
     print("|---|---|---|---|---|---|---|---|")
     ratios = []
@@ -35,8 +37,14 @@ def main() -> None:
         nk, od = r.get(isa), r.get("onednn")
         if nk is None:
             continue
-        cells = [kernel, shape, threads.split(":")[1], f"{nk['real_time']:.3f}",
-                 f"{nk['GB/s']:.1f}", f"{nk['pct_of_copy']:.0f}%"]
+        cells = [
+            kernel,
+            shape,
+            threads.split(":")[1],
+            f"{nk['real_time']:.3f}",
+            f"{nk['GB/s']:.1f}",
+            f"{nk['pct_of_copy']:.0f}%",
+        ]
         if od is not None:
             ratio = od["real_time"] / nk["real_time"]
             ratios.append(ratio)
@@ -47,8 +55,10 @@ def main() -> None:
     if ratios:
         geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
         slower = sum(r < 1 for r in ratios)
-        print(f"\nGeometric-mean speed-up over oneDNN: {geo:.2f}x; slower than oneDNN in "
-              f"{slower} of {len(ratios)} cases.")
+        print(
+            f"\nGeometric-mean speed-up over oneDNN: {geo:.2f}x; slower than oneDNN in "
+            f"{slower} of {len(ratios)} cases."
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """normkit vs the NumPy reference vs PyTorch CPU: the same as ``python -m normkit bench``.
 
-    python bench/vs_torch.py [--quick] [--threads N] [--out DIR]
+python bench/vs_torch.py [--quick] [--threads N] [--out DIR]
 """
 
 import argparse

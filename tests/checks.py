@@ -1,9 +1,8 @@
 """Compact correctness checks, importable from tests and runnable in a subprocess
 (``python -c "import checks; checks.run_all()"``) under a forced ISA or under qemu."""
 
-import numpy as np
-
 import normkit
+import numpy as np
 from normkit import reference
 
 # Tolerances relative to the scale of each output. float32 results are checked against a
@@ -71,8 +70,13 @@ def check_layer_norm(shape, dtype, mean_offset=0.0, affine=True, seed=0):
     scale = y_scale(y_ref, mean_ref, rstd_ref, dtype)
     assert_close(y, y_ref, dtype, f"y {shape} {dtype.__name__}", scale=scale)
     # A mean is a sum: its error is bounded relative to the mean of |x| (cancellation).
-    assert_close(mean, mean_ref, dtype, "mean",
-                 scale=sum_scale(np.abs(_wide(x)).mean(axis=-1, keepdims=True)))
+    assert_close(
+        mean,
+        mean_ref,
+        dtype,
+        "mean",
+        scale=sum_scale(np.abs(_wide(x)).mean(axis=-1, keepdims=True)),
+    )
     assert_close(rstd, rstd_ref, dtype, "rstd")
 
     dx, dgamma, dbeta = normkit.layer_norm_backward(dy, x, mean, rstd, gamma)
@@ -84,10 +88,20 @@ def check_layer_norm(shape, dtype, mean_offset=0.0, affine=True, seed=0):
     if affine:
         xhat = (_wide(x) - _wide(mean)[..., None]) * _wide(rstd)[..., None]
         batch_axes = tuple(range(x.ndim - 1))
-        assert_close(dgamma, dgamma_ref, dtype, "dgamma",
-                     scale=sum_scale(np.abs(_wide(dy) * xhat).sum(axis=batch_axes)))
-        assert_close(dbeta, dbeta_ref, dtype, "dbeta",
-                     scale=sum_scale(np.abs(_wide(dy)).sum(axis=batch_axes)))
+        assert_close(
+            dgamma,
+            dgamma_ref,
+            dtype,
+            "dgamma",
+            scale=sum_scale(np.abs(_wide(dy) * xhat).sum(axis=batch_axes)),
+        )
+        assert_close(
+            dbeta,
+            dbeta_ref,
+            dtype,
+            "dbeta",
+            scale=sum_scale(np.abs(_wide(dy)).sum(axis=batch_axes)),
+        )
     else:
         assert dgamma is None and dbeta is None
 
@@ -111,47 +125,92 @@ def check_batch_norm(shape, axis, dtype, mean_offset=0.0, affine=True, seed=0):
         )
         rm_ref, rv_ref = _wide(running_mean), _wide(running_var)
         y_ref, mean_ref, invstd_ref = reference.batch_norm_forward(
-            _wide(x), rm_ref, rv_ref, _wide(gamma), _wide(beta), training=training,
-            momentum=0.2, axis=axis,
+            _wide(x),
+            rm_ref,
+            rv_ref,
+            _wide(gamma),
+            _wide(beta),
+            training=training,
+            momentum=0.2,
+            axis=axis,
         )
         # float64 batch statistics merge sub-block means held to an ulp of |mean|: the same
         # conditioning as y (see y_scale).
         cond = y_scale(np.ones(1), mean_ref, invstd_ref, dtype)
-        assert_close(y, y_ref, dtype, f"y {what}", scale=y_scale(y_ref, mean_ref, invstd_ref, dtype))
+        assert_close(
+            y, y_ref, dtype, f"y {what}", scale=y_scale(y_ref, mean_ref, invstd_ref, dtype)
+        )
         other = tuple(a for a in range(len(shape)) if a != axis % len(shape))
-        assert_close(mean, mean_ref, dtype, f"mean {what}",
-                     scale=sum_scale(np.abs(_wide(x)).mean(axis=other)) if training else None)
-        assert_close(invstd, invstd_ref, dtype, f"invstd {what}",
-                     scale=cond * float(np.abs(invstd_ref).max()))
+        assert_close(
+            mean,
+            mean_ref,
+            dtype,
+            f"mean {what}",
+            scale=sum_scale(np.abs(_wide(x)).mean(axis=other)) if training else None,
+        )
+        assert_close(
+            invstd,
+            invstd_ref,
+            dtype,
+            f"invstd {what}",
+            scale=cond * float(np.abs(invstd_ref).max()),
+        )
         assert_close(rm, rm_ref, dtype, f"running_mean {what}")
-        assert_close(rv, rv_ref, dtype, f"running_var {what}",
-                     scale=cond * float(np.abs(rv_ref).max()))
+        assert_close(
+            rv, rv_ref, dtype, f"running_var {what}", scale=cond * float(np.abs(rv_ref).max())
+        )
 
         dx, dgamma, dbeta = normkit.batch_norm_backward(
             dy, x, mean, invstd, gamma, training=training, axis=axis
         )
         dx_ref, dgamma_ref, dbeta_ref = reference.batch_norm_backward(
-            _wide(dy), _wide(x), _wide(mean), _wide(invstd), _wide(gamma), training=training,
+            _wide(dy),
+            _wide(x),
+            _wide(mean),
+            _wide(invstd),
+            _wide(gamma),
+            training=training,
             axis=axis,
         )
         per_channel = [-1 if a == axis % len(shape) else 1 for a in range(len(shape))]
         k = np.abs(_wide(invstd) * (_wide(gamma) if affine else 1.0)).reshape(per_channel)
         terms = float(np.max(k * np.abs(_wide(dy))))
-        assert_close(dx, dx_ref, dtype, f"dx {what} training={training}",
-                     scale=dx_scale(dx_ref, terms))
+        assert_close(
+            dx, dx_ref, dtype, f"dx {what} training={training}", scale=dx_scale(dx_ref, terms)
+        )
         if affine:
             other_axes = tuple(a for a in range(len(shape)) if a != axis % len(shape))
-            xhat = (_wide(x) - _wide(mean).reshape(per_channel)) * _wide(invstd).reshape(per_channel)
-            assert_close(dgamma, dgamma_ref, dtype, f"dgamma {what}",
-                         scale=sum_scale(np.abs(_wide(dy) * xhat).sum(axis=other_axes)))
-            assert_close(dbeta, dbeta_ref, dtype, f"dbeta {what}",
-                         scale=sum_scale(np.abs(_wide(dy)).sum(axis=other_axes)))
+            xhat = (_wide(x) - _wide(mean).reshape(per_channel)) * _wide(invstd).reshape(
+                per_channel
+            )
+            assert_close(
+                dgamma,
+                dgamma_ref,
+                dtype,
+                f"dgamma {what}",
+                scale=sum_scale(np.abs(_wide(dy) * xhat).sum(axis=other_axes)),
+            )
+            assert_close(
+                dbeta,
+                dbeta_ref,
+                dtype,
+                f"dbeta {what}",
+                scale=sum_scale(np.abs(_wide(dy)).sum(axis=other_axes)),
+            )
         else:
             assert dgamma is None and dbeta is None
 
 
-BN_CASES = [((4, 3), 1), ((6, 5, 17), 1), ((3, 7, 5, 5), 1), ((2, 3, 2, 4, 33), 1),
-            ((9, 4, 4, 19), -1), ((50, 33), -1), ((2, 3, 4099), 1)]
+BN_CASES = [
+    ((4, 3), 1),
+    ((6, 5, 17), 1),
+    ((3, 7, 5, 5), 1),
+    ((2, 3, 2, 4, 33), 1),
+    ((9, 4, 4, 19), -1),
+    ((50, 33), -1),
+    ((2, 3, 4099), 1),
+]
+
 
 def numeric_grad(f, a, h=1e-6, indices=None):
     """Central differences of the scalar f() with respect to the array a (changed in place and

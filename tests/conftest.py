@@ -2,10 +2,9 @@ import os
 import subprocess
 import sys
 
+import normkit
 import numpy as np
 import pytest
-
-import normkit
 from normkit import _core
 
 ISAS = list(normkit.info()["isa_available"])

@@ -1,10 +1,9 @@
 """BatchNorm: reference, worked example, running statistics, layouts, threads, layer, errors."""
 
+import normkit
 import numpy as np
 import pytest
-from checks import numeric_grad, BN_CASES, assert_close, check_batch_norm
-
-import normkit
+from checks import BN_CASES, assert_close, check_batch_norm, numeric_grad
 from normkit import BatchNorm, reference
 
 DTYPES = [np.float32, np.float64]
@@ -56,16 +55,19 @@ def test_cumulative_average_with_momentum_none(rng):
     for x in batches:
         layer(x)
     assert layer.num_batches_tracked == 6
-    np.testing.assert_allclose(layer.running_mean, np.mean([b.mean(0) for b in batches], 0),
-                               rtol=1e-13)
-    np.testing.assert_allclose(layer.running_var,
-                               np.mean([b.var(0, ddof=1) for b in batches], 0), rtol=1e-13)
+    np.testing.assert_allclose(
+        layer.running_mean, np.mean([b.mean(0) for b in batches], 0), rtol=1e-13
+    )
+    np.testing.assert_allclose(
+        layer.running_var, np.mean([b.var(0, ddof=1) for b in batches], 0), rtol=1e-13
+    )
 
 
 def test_momentum_none_is_refused_by_the_function(rng):
     with pytest.raises(ValueError, match="momentum=None"):
-        normkit.batch_norm(rng.standard_normal((4, 2)), np.zeros(2), np.ones(2), training=True,
-                           momentum=None)
+        normkit.batch_norm(
+            rng.standard_normal((4, 2)), np.zeros(2), np.ones(2), training=True, momentum=None
+        )
 
 
 def test_eval_uses_running_statistics_and_train_the_batch(rng):
@@ -94,10 +96,12 @@ def test_backward_matches_finite_differences(isa, rng, shape, axis, training):
         y = normkit.batch_norm(x, rm.copy(), rv.copy(), gamma, beta, training=training, axis=axis)
         return float(np.sum(w * y))
 
-    _, mean, invstd = normkit.batch_norm_forward(x, rm.copy(), rv.copy(), gamma, beta,
-                                                 training=training, axis=axis)
-    dx, dgamma, dbeta = normkit.batch_norm_backward(w, x, mean, invstd, gamma, training=training,
-                                                    axis=axis)
+    _, mean, invstd = normkit.batch_norm_forward(
+        x, rm.copy(), rv.copy(), gamma, beta, training=training, axis=axis
+    )
+    dx, dgamma, dbeta = normkit.batch_norm_backward(
+        w, x, mean, invstd, gamma, training=training, axis=axis
+    )
     np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(dgamma, numeric_grad(loss, gamma), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(dbeta, numeric_grad(loss, beta), rtol=1e-5, atol=1e-7)
@@ -106,11 +110,13 @@ def test_backward_matches_finite_differences(isa, rng, shape, axis, training):
 def test_channels_last_equals_channels_first(rng):
     x = rng.standard_normal((4, 6, 5, 3))  # N, H, W, C
     gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
-    y_last, mean, invstd = normkit.batch_norm_forward(x, None, None, gamma, beta, training=True,
-                                                      axis=-1)
+    y_last, mean, invstd = normkit.batch_norm_forward(
+        x, None, None, gamma, beta, training=True, axis=-1
+    )
     x_first = np.ascontiguousarray(np.moveaxis(x, -1, 1))
-    y_first, mean1, invstd1 = normkit.batch_norm_forward(x_first, None, None, gamma, beta,
-                                                         training=True)
+    y_first, mean1, invstd1 = normkit.batch_norm_forward(
+        x_first, None, None, gamma, beta, training=True
+    )
     np.testing.assert_allclose(np.moveaxis(y_first, 1, -1), y_last, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(mean, mean1, rtol=1e-14)
     np.testing.assert_allclose(invstd, invstd1, rtol=1e-13)
@@ -119,8 +125,11 @@ def test_channels_last_equals_channels_first(rng):
 @pytest.mark.parametrize("layout", ["strided", "fortran", "negative"])
 def test_non_contiguous_input(rng, layout):
     base = rng.standard_normal((8, 6, 10))
-    x = {"strided": base[:, ::2], "fortran": np.asfortranarray(base),
-         "negative": base[::-1, :, ::-1]}[layout]
+    x = {
+        "strided": base[:, ::2],
+        "fortran": np.asfortranarray(base),
+        "negative": base[::-1, :, ::-1],
+    }[layout]
     assert not x.flags.c_contiguous
     dy = rng.standard_normal(x.shape)[::-1]
     got = normkit.batch_norm_forward(x, training=True)
@@ -155,7 +164,13 @@ def test_out_in_place(rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "shape, axis",
-    [((8, 3, 40000), 1), ((2, 64, 3000), 1), ((70000, 5), -1), ((300, 1024), 1), ((4, 2, 70001), 1)],
+    [
+        ((8, 3, 40000), 1),
+        ((2, 64, 3000), 1),
+        ((70000, 5), -1),
+        ((300, 1024), 1),
+        ((4, 2, 70001), 1),
+    ],
     ids=str,
 )
 def test_threads_give_bitwise_identical_results(isa, shape, axis, dtype):
@@ -170,8 +185,9 @@ def test_threads_give_bitwise_identical_results(isa, shape, axis, dtype):
         for n in (1, 2):
             normkit.set_num_threads(n)
             rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
-            y, mean, invstd = normkit.batch_norm_forward(x, rm, rv, gamma, beta, training=True,
-                                                         axis=axis)
+            y, mean, invstd = normkit.batch_norm_forward(
+                x, rm, rv, gamma, beta, training=True, axis=axis
+            )
             grads = normkit.batch_norm_backward(dy, x, mean, invstd, gamma, axis=axis)
             y_eval = normkit.batch_norm(x, rm, rv, gamma, beta, axis=axis)
             results.append((y, mean, invstd, rm, rv, y_eval, *grads))
@@ -244,8 +260,7 @@ def test_layer_train_eval_and_backward(rng):
     expected = (x - layer.running_mean[:, None]) / np.sqrt(layer.running_var[:, None] + 1e-5)
     np.testing.assert_allclose(y_eval, expected, rtol=1e-13)
     dx_eval = layer.backward(dy)
-    np.testing.assert_allclose(dx_eval, dy / np.sqrt(layer.running_var[:, None] + 1e-5),
-                               rtol=1e-13)
+    np.testing.assert_allclose(dx_eval, dy / np.sqrt(layer.running_var[:, None] + 1e-5), rtol=1e-13)
     assert not np.allclose(y, y_eval)  # train-mode and eval-mode outputs differ
 
 
@@ -310,7 +325,10 @@ def test_training_needs_two_values_per_channel(shape):
 @pytest.mark.parametrize(
     "rm, message",
     [
-        (np.zeros(3, np.float64), "running_mean: expected a writeable C-contiguous float32 array of shape \\(3,\\), got float64"),
+        (
+            np.zeros(3, np.float64),
+            "running_mean: expected a writeable C-contiguous float32 array of shape \\(3,\\), got float64",
+        ),
         (np.zeros(4, np.float32), r"shape \(3,\), got float32 array of shape \(4,\)"),
         (np.zeros(6, np.float32)[::2], "not contiguous"),
         ([0.0, 0.0, 0.0], "numpy.ndarray"),

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 from checks import numeric_grad
-
 from normkit import compare
 
 
@@ -27,12 +26,14 @@ def _check_gradients(model, x, labels, rng, n_checks=12, h=1e-6):
     for name, param, _ in model.params_and_grads():
         picks = rng.choice(param.size, size=min(n_checks, param.size), replace=False)
         numeric = numeric_grad(loss_at, param, h, picks).reshape(-1)[picks]
-        np.testing.assert_allclose(grads[name].reshape(-1)[picks], numeric, rtol=1e-5,
-                                   atol=1e-8, err_msg=name)
+        np.testing.assert_allclose(
+            grads[name].reshape(-1)[picks], numeric, rtol=1e-5, atol=1e-8, err_msg=name
+        )
     picks = rng.choice(x.size, size=n_checks, replace=False)
     numeric = numeric_grad(loss_at, x, h, picks).reshape(-1)[picks]
-    np.testing.assert_allclose(dx.reshape(-1)[picks], numeric, rtol=1e-5, atol=1e-8,
-                               err_msg="input")
+    np.testing.assert_allclose(
+        dx.reshape(-1)[picks], numeric, rtol=1e-5, atol=1e-8, err_msg="input"
+    )
 
 
 @pytest.mark.parametrize("variant", compare.VARIANTS)
@@ -73,8 +74,24 @@ def test_compare_end_to_end(tmp_path):
     from normkit.cli import main
 
     out = tmp_path / "run"
-    assert main(["compare", "--quick", "--epochs", "1", "--batch-sizes", "4,32",
-                 "--models", "mlp", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--quick",
+                "--epochs",
+                "1",
+                "--batch-sizes",
+                "4,32",
+                "--models",
+                "mlp",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "compare.json").read_text())
     assert len(record["runs"]) == 2 * len(compare.VARIANTS)
     assert all(0.0 <= r["val_accuracy"] <= 1.0 for r in record["runs"])

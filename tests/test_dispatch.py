@@ -6,10 +6,9 @@ import shutil
 import subprocess
 import sys
 
+import normkit
 import pytest
 from conftest import ISAS, run_python
-
-import normkit
 
 CHECK = "import checks; checks.run_all(expected_isa={isa!r})"
 
@@ -94,6 +93,8 @@ def test_emulated_cpu_chooses_its_isa(cpu, expected):
 @pytest.mark.slow
 def test_emulated_cpu_refuses_isa_it_lacks():
     qemu = _qemu_or_skip()
-    result = run_python("import normkit", {"NORMKIT_ISA": "avx2"}, prefix=[qemu, "-cpu", "Westmere"])
+    result = run_python(
+        "import normkit", {"NORMKIT_ISA": "avx2"}, prefix=[qemu, "-cpu", "Westmere"]
+    )
     assert result.returncode != 0
     assert "NORMKIT_ISA=avx2" in result.stderr and "available: baseline" in result.stderr

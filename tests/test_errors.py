@@ -1,9 +1,8 @@
 """The input contract: bad input gets a clear exception, never a crash or garbage."""
 
+import normkit
 import numpy as np
 import pytest
-
-import normkit
 from normkit._checks import AxisError
 
 F32 = np.float32
@@ -42,13 +41,34 @@ def test_mixed_dtypes_are_type_errors(data):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda x, g, m, r: normkit.layer_norm(x, np.ones(5, F32)), r"gamma: expected shape \(6,\), got \(5,\)"),
-        (lambda x, g, m, r: normkit.layer_norm(x, g, np.ones((1, 6), F32)), r"beta: expected shape \(6,\), got \(1, 6\)"),
-        (lambda x, g, m, r: normkit.layer_norm_backward(x[:3], x, m, r), r"dy: expected shape \(4, 6\), got \(3, 6\)"),
-        (lambda x, g, m, r: normkit.layer_norm_backward(x, x, m[:3], r), r"mean: expected shape \(4,\), got \(3,\)"),
-        (lambda x, g, m, r: normkit.layer_norm_backward(x, x, m, r[None]), r"rstd: expected shape \(4,\), got \(1, 4\)"),
-        (lambda x, g, m, r: normkit.layer_norm_backward(x, x, m, r, g[:2]), r"gamma: expected shape \(6,\), got \(2,\)"),
-        (lambda x, g, m, r: normkit.layer_norm(x, out=np.empty((4, 5), F32)), r"out: expected shape \(4, 6\), got \(4, 5\)"),
+        (
+            lambda x, g, m, r: normkit.layer_norm(x, np.ones(5, F32)),
+            r"gamma: expected shape \(6,\), got \(5,\)",
+        ),
+        (
+            lambda x, g, m, r: normkit.layer_norm(x, g, np.ones((1, 6), F32)),
+            r"beta: expected shape \(6,\), got \(1, 6\)",
+        ),
+        (
+            lambda x, g, m, r: normkit.layer_norm_backward(x[:3], x, m, r),
+            r"dy: expected shape \(4, 6\), got \(3, 6\)",
+        ),
+        (
+            lambda x, g, m, r: normkit.layer_norm_backward(x, x, m[:3], r),
+            r"mean: expected shape \(4,\), got \(3,\)",
+        ),
+        (
+            lambda x, g, m, r: normkit.layer_norm_backward(x, x, m, r[None]),
+            r"rstd: expected shape \(4,\), got \(1, 4\)",
+        ),
+        (
+            lambda x, g, m, r: normkit.layer_norm_backward(x, x, m, r, g[:2]),
+            r"gamma: expected shape \(6,\), got \(2,\)",
+        ),
+        (
+            lambda x, g, m, r: normkit.layer_norm(x, out=np.empty((4, 5), F32)),
+            r"out: expected shape \(4, 6\), got \(4, 5\)",
+        ),
     ],
 )
 def test_shape_mismatch_names_expected_and_received(data, call, message):
@@ -127,11 +147,22 @@ def test_core_rejects_mismatched_buffers():
 
     x = np.ones((2, 3), F32)
     with pytest.raises(ValueError, match="elements"):
-        _core.layer_norm_forward(x, None, None, 1e-5, np.empty(5, F32), np.empty(2, F32),
-                                 np.empty(2, F32), 2, 3)
+        _core.layer_norm_forward(
+            x, None, None, 1e-5, np.empty(5, F32), np.empty(2, F32), np.empty(2, F32), 2, 3
+        )
     with pytest.raises(TypeError, match="dtype"):
-        _core.layer_norm_forward(x, None, None, 1e-5, np.empty(6), np.empty(2, F32),
-                                 np.empty(2, F32), 2, 3)
+        _core.layer_norm_forward(
+            x, None, None, 1e-5, np.empty(6), np.empty(2, F32), np.empty(2, F32), 2, 3
+        )
     with pytest.raises(ValueError, match="contiguous"):
-        _core.layer_norm_forward(np.ones((3, 2), F32).T, None, None, 1e-5, np.empty(6, F32),
-                                 np.empty(2, F32), np.empty(2, F32), 2, 3)
+        _core.layer_norm_forward(
+            np.ones((3, 2), F32).T,
+            None,
+            None,
+            1e-5,
+            np.empty(6, F32),
+            np.empty(2, F32),
+            np.empty(2, F32),
+            2,
+            3,
+        )

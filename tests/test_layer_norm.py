@@ -2,11 +2,10 @@
 
 import threading
 
+import normkit
 import numpy as np
 import pytest
-from checks import numeric_grad, assert_close, check_layer_norm, ref_backward, ref_forward, y_scale
-
-import normkit
+from checks import assert_close, check_layer_norm, numeric_grad, ref_backward, ref_forward, y_scale
 
 WIDTHS = [1, 3, 7, 15, 16, 17, 31, 33, 1000, 4099, 65537]
 DTYPES = [np.float32, np.float64]

@@ -1,9 +1,8 @@
 """The LayerNorm layer: PyTorch-like construction, training-loop use, state."""
 
+import normkit
 import numpy as np
 import pytest
-
-import normkit
 from normkit import LayerNorm
 
 

@@ -11,15 +11,25 @@ offsets = st.sampled_from([0.0, -3.0, 250.0, 1e4])
 
 
 @settings(max_examples=60, deadline=None)
-@given(batch=st.lists(st.integers(0, 5), max_size=2).map(tuple),
-       width=st.integers(1, 300), dtype=dtypes, offset=offsets, seed=st.integers(0, 1000))
+@given(
+    batch=st.lists(st.integers(0, 5), max_size=2).map(tuple),
+    width=st.integers(1, 300),
+    dtype=dtypes,
+    offset=offsets,
+    seed=st.integers(0, 1000),
+)
 def test_layer_norm_any_shape(batch, width, dtype, offset, seed):
     check_layer_norm((*batch, width), dtype, mean_offset=offset, seed=seed)
 
 
 @settings(max_examples=60, deadline=None)
-@given(shape=shapes.filter(lambda s: len(s) >= 2), data=st.data(), dtype=dtypes,
-       offset=offsets, seed=st.integers(0, 1000))
+@given(
+    shape=shapes.filter(lambda s: len(s) >= 2),
+    data=st.data(),
+    dtype=dtypes,
+    offset=offsets,
+    seed=st.integers(0, 1000),
+)
 def test_batch_norm_any_layout(shape, data, dtype, offset, seed):
     axis = data.draw(st.sampled_from([1, -1]))
     c = shape[axis]

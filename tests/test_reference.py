@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from normkit import reference
 
 X = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]])

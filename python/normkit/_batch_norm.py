@@ -37,8 +37,9 @@ def _running(a, name: str, dtype: np.dtype, c: int):
     if a is None:
         return None
     if not isinstance(a, np.ndarray):
-        raise ValueError(f"{name}: expected a numpy.ndarray (it is updated in place), got "
-                         f"{type(a).__name__}")
+        raise ValueError(
+            f"{name}: expected a numpy.ndarray (it is updated in place), got {type(a).__name__}"
+        )
     if a.dtype != dtype or a.shape != (c,) or not a.flags.c_contiguous or not a.flags.writeable:
         raise ValueError(
             f"{name}: expected a writeable C-contiguous {dtype} array of shape ({c},), got "
@@ -83,14 +84,37 @@ def _forward(x, running_mean, running_var, gamma, beta, training, momentum, eps,
     mean = np.empty(c, x.dtype)
     invstd = np.empty(c, x.dtype)
     _core.batch_norm_forward(
-        x, running_mean, running_var, gamma, beta, y, mean, invstd, n, c, s, bool(training),
-        momentum, eps
+        x,
+        running_mean,
+        running_var,
+        gamma,
+        beta,
+        y,
+        mean,
+        invstd,
+        n,
+        c,
+        s,
+        bool(training),
+        momentum,
+        eps,
     )
     return y, mean, invstd
 
 
-def batch_norm(x, running_mean=None, running_var=None, gamma=None, beta=None, *,
-               training=False, momentum=0.1, eps=1e-5, axis=1, out=None) -> np.ndarray:
+def batch_norm(
+    x,
+    running_mean=None,
+    running_var=None,
+    gamma=None,
+    beta=None,
+    *,
+    training=False,
+    momentum=0.1,
+    eps=1e-5,
+    axis=1,
+    out=None,
+) -> np.ndarray:
     """Batch normalization of ``x`` per channel (``axis``: 1 for (N, C, ...), -1 for
     channels-last data and (samples, features) tables).
 
@@ -100,17 +124,27 @@ def batch_norm(x, running_mean=None, running_var=None, gamma=None, beta=None, *,
     variance for ``running_var``). In inference the running statistics are used.
     ``out`` (C-contiguous, shape and dtype of ``x``) receives the result and may be ``x``.
     """
-    return _forward(x, running_mean, running_var, gamma, beta, training, momentum, eps, axis,
-                    out)[0]
+    return _forward(x, running_mean, running_var, gamma, beta, training, momentum, eps, axis, out)[
+        0
+    ]
 
 
-def batch_norm_forward(x, running_mean=None, running_var=None, gamma=None, beta=None, *,
-                       training=False, momentum=0.1, eps=1e-5, axis=1):
+def batch_norm_forward(
+    x,
+    running_mean=None,
+    running_var=None,
+    gamma=None,
+    beta=None,
+    *,
+    training=False,
+    momentum=0.1,
+    eps=1e-5,
+    axis=1,
+):
     """``(y, mean, invstd)``: the output and the per-channel statistics it used (the batch's in
     training or without running statistics, the running ones in inference), with
     ``invstd = 1 / sqrt(var + eps)``."""
-    return _forward(x, running_mean, running_var, gamma, beta, training, momentum, eps, axis,
-                    None)
+    return _forward(x, running_mean, running_var, gamma, beta, training, momentum, eps, axis, None)
 
 
 def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, axis=1):
@@ -133,8 +167,9 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, axis=
     if gamma is not None:
         dgamma = np.empty(c, x.dtype)
         dbeta = np.empty(c, x.dtype)
-    _core.batch_norm_backward(dy, x, mean, invstd, gamma, dx, dgamma, dbeta, n, c, s,
-                              bool(training))
+    _core.batch_norm_backward(
+        dy, x, mean, invstd, gamma, dx, dgamma, dbeta, n, c, s, bool(training)
+    )
     return dx, dgamma, dbeta
 
 

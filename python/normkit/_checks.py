@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-AxisError = getattr(getattr(np, "exceptions", np), "AxisError")
+AxisError = getattr(np, "exceptions", np).AxisError
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

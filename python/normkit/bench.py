@@ -32,9 +32,13 @@ class Case:
 
 
 LN_SHAPES = [(8192, 768), (4096, 4096), (65536, 128), (1, 262144), (256, 64)]
-BN_SHAPES = [("32x64x56x56", (32, 64, 56, 56), 1), ("256x256x14x14", (256, 256, 14, 14), 1),
-             ("8x512x7x7", (8, 512, 7, 7), 1), ("1024x1024", (1024, 1024), 1),
-             ("nhwc 32x56x56x64", (32, 56, 56, 64), -1)]
+BN_SHAPES = [
+    ("32x64x56x56", (32, 64, 56, 56), 1),
+    ("256x256x14x14", (256, 256, 14, 14), 1),
+    ("8x512x7x7", (8, 512, 7, 7), 1),
+    ("1024x1024", (1024, 1024), 1),
+    ("nhwc 32x56x56x64", (32, 56, 56, 64), -1),
+]
 QUICK_LN = [(8192, 768), (1, 262144)]
 QUICK_BN = [BN_SHAPES[0], BN_SHAPES[3]]
 
@@ -43,11 +47,15 @@ def cases(quick: bool) -> list[Case]:
     out = []
     for shape in QUICK_LN if quick else LN_SHAPES:
         label = "x".join(map(str, shape))
-        out += [Case(k, label, shape, -1)
-                for k in ("layer_norm_fwd", "layer_norm_bwd", "layer_norm_fwd+bwd")]
+        out += [
+            Case(k, label, shape, -1)
+            for k in ("layer_norm_fwd", "layer_norm_bwd", "layer_norm_fwd+bwd")
+        ]
     for label, shape, axis in QUICK_BN if quick else BN_SHAPES:
-        out += [Case(k, label, shape, axis)
-                for k in ("batch_norm_train_fwd", "batch_norm_infer", "batch_norm_train_bwd")]
+        out += [
+            Case(k, label, shape, axis)
+            for k in ("batch_norm_train_fwd", "batch_norm_infer", "batch_norm_train_bwd")
+        ]
     return out
 
 
@@ -76,6 +84,7 @@ def contenders(case: Case, torch):
             fns["normkit"] = lambda: normkit.layer_norm_backward(dy, x, mean, rstd, g)
             fns["numpy"] = lambda: reference.layer_norm_backward(dy, x, mean, rstd, g)
         else:
+
             def nk_fwd_bwd():
                 _, m, r = normkit.layer_norm_forward(x, g, b)
                 return normkit.layer_norm_backward(dy, x, m, r, g)
@@ -101,13 +110,11 @@ def contenders(case: Case, torch):
             else:
                 xg, gg, bg = (a.clone().requires_grad_() for a in (xt, gt, bt))
                 yg = torch.nn.functional.layer_norm(xg, d, gg, bg)
-                fns["torch"] = lambda: torch.autograd.grad(yg, (xg, gg, bg), dyt,
-                                                           retain_graph=True)
+                fns["torch"] = lambda: torch.autograd.grad(yg, (xg, gg, bg), dyt, retain_graph=True)
         return x, fns
 
     rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
-    _, mean, invstd = normkit.batch_norm_forward(x, None, None, g, b, training=True,
-                                                 axis=case.axis)
+    _, mean, invstd = normkit.batch_norm_forward(x, None, None, g, b, training=True, axis=case.axis)
     kw = {"axis": case.axis}
     if case.kernel == "batch_norm_train_fwd":
         fns["normkit"] = lambda: normkit.batch_norm(x, rm, rv, g, b, training=True, **kw)
@@ -168,8 +175,14 @@ def measure(case: Case, torch, repeats: int, with_numpy: bool) -> dict:
     ms = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
     nbytes = _compulsory_bytes(case, x)
     copy_ms = 1e3 * copy_seconds(nbytes, repeats)
-    row = {**asdict(case), "shape": list(case.shape), "bytes": nbytes, "copy_ms": copy_ms,
-           "ms": ms, "pct_of_copy": 100.0 * copy_ms / ms["normkit"]}
+    row = {
+        **asdict(case),
+        "shape": list(case.shape),
+        "bytes": nbytes,
+        "copy_ms": copy_ms,
+        "ms": ms,
+        "pct_of_copy": 100.0 * copy_ms / ms["normkit"],
+    }
     for other in ("torch", "numpy"):
         if other in ms:
             row[f"speedup_vs_{other}"] = ms[other] / ms["normkit"]
@@ -183,10 +196,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
     head += ["torch ms", "vs torch"] if have_torch else []
     head += ["numpy ms", "vs numpy"] if have_numpy else []
     head += ["GB/s", "% of copy"]
-    lines = [f"normkit {meta['normkit']['version']} ({meta['normkit']['isa']}, "
-             f"{meta['threads']} threads), torch {meta['torch'] or 'not installed'}, "
-             f"{meta['date']}, {meta['machine']}", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"normkit {meta['normkit']['version']} ({meta['normkit']['isa']}, "
+        f"{meta['threads']} threads), torch {meta['torch'] or 'not installed'}, "
+        f"{meta['date']}, {meta['machine']}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for r in rows:
         cells = [r["kernel"], r["label"], f"{r['ms']['normkit']:.3f}"]
         if have_torch:
@@ -197,8 +214,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if have_torch:
         speedups = [r["speedup_vs_torch"] for r in rows]
-        lines += ["", f"Geometric-mean speed-up over torch: "
-                      f"{float(np.exp(np.mean(np.log(speedups)))):.2f}x over {len(rows)} cases."]
+        lines += [
+            "",
+            f"Geometric-mean speed-up over torch: "
+            f"{float(np.exp(np.mean(np.log(speedups)))):.2f}x over {len(rows)} cases.",
+        ]
     return "\n".join(lines)
 
 
@@ -211,8 +231,9 @@ def plot(rows: list[dict], path: str, meta: dict) -> None:
     labels = [f"{r['kernel'].replace('_norm', '')}\n{r['label']}" for r in rows]
     y = np.arange(len(rows))
     have_torch = all("speedup_vs_torch" in r for r in rows)
-    fig, axes = plt.subplots(1, 2 if have_torch else 1, figsize=(13, 0.42 * len(rows) + 1.8),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, 2 if have_torch else 1, figsize=(13, 0.42 * len(rows) + 1.8), squeeze=False
+    )
     ax = axes[0][-1]
     ax.barh(y, [r["pct_of_copy"] for r in rows], color="tab:green")
     ax.axvline(100, color="black", lw=0.8)
@@ -261,8 +282,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         from tqdm import tqdm
 
-        progress = tqdm(todo, desc="bench", unit="case", file=sys.stderr,
-                        disable=args.no_progress)
+        progress = tqdm(todo, desc="bench", unit="case", file=sys.stderr, disable=args.no_progress)
     except ImportError:
         progress = todo
     rows = []
@@ -270,10 +290,16 @@ def main(args: argparse.Namespace) -> int:
         if hasattr(progress, "set_postfix_str"):
             progress.set_postfix_str(f"{case.kernel} {case.label}")
         rows.append(measure(case, torch, repeats, not args.no_numpy))
-    meta = {"normkit": normkit.info(), "torch": getattr(torch, "__version__", None),
-            "numpy": np.__version__, "threads": threads, "repeats": repeats,
-            "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
-            "processor": platform.processor()}
+    meta = {
+        "normkit": normkit.info(),
+        "torch": getattr(torch, "__version__", None),
+        "numpy": np.__version__,
+        "threads": threads,
+        "repeats": repeats,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+    }
     os.makedirs(args.out, exist_ok=True)
     table = markdown(rows, meta)
     print(table)

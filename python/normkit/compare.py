@@ -178,14 +178,17 @@ def make_mlp(kind: str, rng, backend="normkit", dtype=np.float32, sizes=(64, 128
     return Sequential(*modules)
 
 
-def make_cnn(kind: str, rng, backend="normkit", dtype=np.float32, channels=16, side=8,
-             classes=10):
+def make_cnn(kind: str, rng, backend="normkit", dtype=np.float32, channels=16, side=8, classes=10):
     modules = [Conv3x3(1, channels, rng, dtype)]
     norm = _norm(kind, (channels, side, side), 1, backend, dtype)
     if norm is not None:
         modules.append(norm)
-    modules += [ReLU(), AvgPool2(), Flatten(),
-                Dense(channels * (side // 2) ** 2, classes, rng, dtype)]
+    modules += [
+        ReLU(),
+        AvgPool2(),
+        Flatten(),
+        Dense(channels * (side // 2) ** 2, classes, rng, dtype),
+    ]
     return Sequential(*modules)
 
 
@@ -300,16 +303,33 @@ def run_experiment(args) -> dict:
     backends = ["normkit", "numpy"] if args.backend == "numpy" else ["normkit"]
     data = load_data(args.seed)
     n_train = len(data[0][0])
-    jobs = [(m, v, b, be) for be in backends for m in args.models for b in args.batch_sizes
-            for v in VARIANTS]
+    jobs = [
+        (m, v, b, be)
+        for be in backends
+        for m in args.models
+        for b in args.batch_sizes
+        for v in VARIANTS
+    ]
     steps = sum(args.epochs * (n_train // b) for _, _, b, _ in jobs)
     runs = []
-    with tqdm(total=steps, desc="training", unit="step", file=sys.stderr,
-              disable=args.no_progress) as progress:
+    with tqdm(
+        total=steps, desc="training", unit="step", file=sys.stderr, disable=args.no_progress
+    ) as progress:
         for model_name, variant, batch_size, backend in jobs:
             progress.set_postfix_str(f"{backend} {model_name} {variant} batch={batch_size}")
-            runs.append(train_one(model_name, variant, batch_size, backend, data, args.epochs,
-                                  args.seed, args.lr, progress))
+            runs.append(
+                train_one(
+                    model_name,
+                    variant,
+                    batch_size,
+                    backend,
+                    data,
+                    args.epochs,
+                    args.seed,
+                    args.lr,
+                    progress,
+                )
+            )
     return {
         "config": {
             "models": args.models,
@@ -336,8 +356,10 @@ def format_table(record: dict) -> str:
     runs = record["runs"]
     by_key = {(r["model"], r["variant"], r["batch_size"], r["backend"]): r for r in runs}
     has_numpy = "numpy" in record["config"]["backends"]
-    head = (f"{'model':<5} {'variant':<18} {'batch':>5} {'val acc':>8} {'acc (BN train-mode)':>20}"
-            f" {'final loss':>10} {'s/epoch':>8}")
+    head = (
+        f"{'model':<5} {'variant':<18} {'batch':>5} {'val acc':>8} {'acc (BN train-mode)':>20}"
+        f" {'final loss':>10} {'s/epoch':>8}"
+    )
     if has_numpy:
         head += f" {'numpy s/epoch':>13} {'speed-up':>8} {'numpy val acc':>13}"
     lines = [head, "-" * len(head)]
@@ -345,15 +367,19 @@ def format_table(record: dict) -> str:
         if r["backend"] != "normkit":
             continue
         train_mode = r["val_accuracy_train_mode"]
-        line = (f"{r['model']:<5} {LABELS[r['variant']]:<18} {r['batch_size']:>5} "
-                f"{r['val_accuracy']:>8.3f} "
-                f"{'' if train_mode is None else format(train_mode, '.3f'):>20} "
-                f"{r['epoch_loss'][-1]:>10.4f} {r['seconds_per_epoch']:>8.3f}")
+        line = (
+            f"{r['model']:<5} {LABELS[r['variant']]:<18} {r['batch_size']:>5} "
+            f"{r['val_accuracy']:>8.3f} "
+            f"{'' if train_mode is None else format(train_mode, '.3f'):>20} "
+            f"{r['epoch_loss'][-1]:>10.4f} {r['seconds_per_epoch']:>8.3f}"
+        )
         if has_numpy:
             ref = by_key[(r["model"], r["variant"], r["batch_size"], "numpy")]
-            line += (f" {ref['seconds_per_epoch']:>13.3f} "
-                     f"{ref['seconds_per_epoch'] / r['seconds_per_epoch']:>7.2f}x "
-                     f"{ref['val_accuracy']:>13.3f}")
+            line += (
+                f" {ref['seconds_per_epoch']:>13.3f} "
+                f"{ref['seconds_per_epoch'] / r['seconds_per_epoch']:>7.2f}x "
+                f"{ref['val_accuracy']:>13.3f}"
+            )
         lines.append(line)
     return "\n".join(lines)
 
@@ -373,10 +399,18 @@ def plot(record: dict, path: str) -> None:
     for row, model in enumerate(models):
         ax = axes[row][0]
         for v in VARIANTS:
-            r = next(r for r in runs if (r["model"], r["variant"], r["batch_size"])
-                     == (model, v, curve_batch))
-            ax.plot(range(1, len(r["epoch_loss"]) + 1), r["epoch_loss"], marker="o",
-                    color=colors[v], label=LABELS[v])
+            r = next(
+                r
+                for r in runs
+                if (r["model"], r["variant"], r["batch_size"]) == (model, v, curve_batch)
+            )
+            ax.plot(
+                range(1, len(r["epoch_loss"]) + 1),
+                r["epoch_loss"],
+                marker="o",
+                color=colors[v],
+                label=LABELS[v],
+            )
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel("training loss (cross-entropy)")
@@ -386,13 +420,29 @@ def plot(record: dict, path: str) -> None:
 
         ax = axes[row][1]
         for v in VARIANTS:
-            acc = [next(r for r in runs if (r["model"], r["variant"], r["batch_size"])
-                        == (model, v, b))["val_accuracy"] for b in sizes]
+            acc = [
+                next(
+                    r for r in runs if (r["model"], r["variant"], r["batch_size"]) == (model, v, b)
+                )["val_accuracy"]
+                for b in sizes
+            ]
             ax.plot(sizes, acc, marker="o", color=colors[v], label=f"{LABELS[v]} (eval mode)")
-        bn_train = [next(r for r in runs if (r["model"], r["variant"], r["batch_size"])
-                         == (model, "batchnorm", b))["val_accuracy_train_mode"] for b in sizes]
-        ax.plot(sizes, bn_train, marker="s", linestyle="--", color=colors["batchnorm"],
-                label="BatchNorm, batch statistics at test time")
+        bn_train = [
+            next(
+                r
+                for r in runs
+                if (r["model"], r["variant"], r["batch_size"]) == (model, "batchnorm", b)
+            )["val_accuracy_train_mode"]
+            for b in sizes
+        ]
+        ax.plot(
+            sizes,
+            bn_train,
+            marker="s",
+            linestyle="--",
+            color=colors["batchnorm"],
+            label="BatchNorm, batch statistics at test time",
+        )
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(b) for b in sizes])
         ax.set_xlabel("batch size")
@@ -400,30 +450,52 @@ def plot(record: dict, path: str) -> None:
         ax.set_title(f"{model.upper()}: accuracy vs batch size")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"normkit compare: digits, {record['config']['epochs']} epochs, "
-                 f"SGD lr={record['config']['lr']}")
+    fig.suptitle(
+        f"normkit compare: digits, {record['config']['epochs']} epochs, "
+        f"SGD lr={record['config']['lr']}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer epochs (a smoke run: under 30 s on 2 cores)")
-    parser.add_argument("--out", default="normkit-compare",
-                        help="folder for compare.png and compare.json (default ./normkit-compare)")
-    parser.add_argument("--backend", choices=["normkit", "numpy"], default="normkit",
-                        help="numpy: also run the NumPy reference layers and compare times")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer epochs (a smoke run: under 30 s on 2 cores)"
+    )
+    parser.add_argument(
+        "--out",
+        default="normkit-compare",
+        help="folder for compare.png and compare.json (default ./normkit-compare)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["normkit", "numpy"],
+        default="normkit",
+        help="numpy: also run the NumPy reference layers and compare times",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 15, quick 2)")
-    parser.add_argument("--batch-sizes", type=lambda s: [int(v) for v in s.split(",")],
-                        default=[2, 8, 32, 128], help="comma-separated (default 2,8,32,128)")
-    parser.add_argument("--models", type=lambda s: s.split(","), default=["mlp", "cnn"],
-                        help="comma-separated: mlp, cnn (default both)")
+    parser.add_argument(
+        "--batch-sizes",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=[2, 8, 32, 128],
+        help="comma-separated (default 2,8,32,128)",
+    )
+    parser.add_argument(
+        "--models",
+        type=lambda s: s.split(","),
+        default=["mlp", "cnn"],
+        help="comma-separated: mlp, cnn (default both)",
+    )
     parser.add_argument("--lr", type=float, default=0.02, help="SGD learning rate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="normkit threads (default 1: these arrays are small, and a second "
-                             "OpenMP thread would fight NumPy's BLAS threads for the cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="normkit threads (default 1: these arrays are small, and a second "
+        "OpenMP thread would fight NumPy's BLAS threads for the cores)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -76,9 +76,7 @@ class Module:
             target = getattr(self, name)
             value = np.asarray(state[name])
             if value.shape != target.shape:
-                raise ValueError(
-                    f"{name}: expected shape {target.shape}, got {value.shape}"
-                )
+                raise ValueError(f"{name}: expected shape {target.shape}, got {value.shape}")
             target[...] = value
 
 
@@ -214,7 +212,11 @@ class BatchNorm(Module):
         x = _checks.float_array(x, "x")
         if x.dtype != self.dtype:
             raise TypeError(f"x: expected dtype {self.dtype} (the layer's dtype), got {x.dtype}")
-        if x.ndim >= 2 and -x.ndim <= self.axis < x.ndim and x.shape[self.axis] != self.num_features:
+        if (
+            x.ndim >= 2
+            and -x.ndim <= self.axis < x.ndim
+            and x.shape[self.axis] != self.num_features
+        ):
             raise ValueError(
                 f"x: expected {self.num_features} channels on axis {self.axis}, got shape {x.shape}"
             )
@@ -224,8 +226,15 @@ class BatchNorm(Module):
             momentum = 1.0 / (self.num_batches_tracked + 1)
         use_batch_stats = self.training or not self.track_running_stats
         y, mean, invstd = self._forward(
-            x, self.running_mean, self.running_var, self.gamma, self.beta,
-            training=use_batch_stats, momentum=momentum, eps=self.eps, axis=self.axis,
+            x,
+            self.running_mean,
+            self.running_var,
+            self.gamma,
+            self.beta,
+            training=use_batch_stats,
+            momentum=momentum,
+            eps=self.eps,
+            axis=self.axis,
         )
         if update:
             self.num_batches_tracked += 1

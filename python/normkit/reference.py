@@ -43,9 +43,7 @@ def layer_norm_backward(dy, x, mean, rstd, gamma=None, axis=-1):
     xhat = (x - mean) * rstd
     g = dy * gamma if gamma is not None else dy
     dx = rstd * (
-        g
-        - g.mean(axis=axes, keepdims=True)
-        - xhat * (g * xhat).mean(axis=axes, keepdims=True)
+        g - g.mean(axis=axes, keepdims=True) - xhat * (g * xhat).mean(axis=axes, keepdims=True)
     )
     if gamma is None:
         return dx, None, None
@@ -64,8 +62,17 @@ def _per_channel(v: np.ndarray, x: np.ndarray, axis: int) -> np.ndarray:
     return np.reshape(v, shape)
 
 
-def batch_norm_forward(x, running_mean=None, running_var=None, gamma=None, beta=None,
-                       training=False, momentum=0.1, eps=1e-5, axis=1):
+def batch_norm_forward(
+    x,
+    running_mean=None,
+    running_var=None,
+    gamma=None,
+    beta=None,
+    training=False,
+    momentum=0.1,
+    eps=1e-5,
+    axis=1,
+):
     """``(y, mean, invstd)`` of batch normalization over every axis but ``axis``; updates the
     running statistics in place in training (PyTorch convention: unbiased running_var)."""
     x = np.asarray(x)
