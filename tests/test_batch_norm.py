@@ -190,7 +190,10 @@ def test_threads_give_bitwise_identical_results(isa, shape, axis, dtype):
             )
             grads = normkit.batch_norm_backward(dy, x, mean, invstd, gamma, axis=axis)
             y_eval = normkit.batch_norm(x, rm, rv, gamma, beta, axis=axis)
-            results.append((y, mean, invstd, rm, rv, y_eval, *grads))
+            eval_grads = normkit.batch_norm_backward(
+                dy, x, mean, invstd, gamma, training=False, axis=axis
+            )
+            results.append((y, mean, invstd, rm, rv, y_eval, *grads, *eval_grads))
     finally:
         normkit.set_num_threads(before)
     for a, b in zip(*results):

@@ -160,16 +160,17 @@ void column_moments(double* out, const T* x, int64_t cols, int64_t j, int64_t r0
 
 // Sums of dy and dy * xhat for columns [j0, j0 + kChains * W) over rows [r0, r1), with
 // per-column mean and invstd. Scalar math: xhat = (x - mean) * invstd; sums += (dy, dy * xhat)
-// out: 2 doubles per column.
-template <class T>
-void tile_grad_sums(double* out, const T* dy, const T* x, const T* mean, const T* invstd,
-                    int64_t cols, int64_t j0, int64_t r0, int64_t r1) {
+// With kDx also dx = k * dy (eval-mode backward, in the same pass). out: 2 doubles per column.
+template <class T, bool kDx>
+void tile_grad_sums(double* out, T* dx, const T* dy, const T* x, const T* mean, const T* invstd,
+                    const T* k, int64_t cols, int64_t j0, int64_t r0, int64_t r1) {
   using V = Vec<T>;
   constexpr int64_t kTile = kChains * V::width;
-  V mean_v[kChains], invstd_v[kChains];
+  V mean_v[kChains], invstd_v[kChains], k_v[kChains];
   for (int u = 0; u < kChains; ++u) {
     mean_v[u] = V::load(mean + j0 + u * V::width);
     invstd_v[u] = V::load(invstd + j0 + u * V::width);
+    if constexpr (kDx) k_v[u] = V::load(k + j0 + u * V::width);
   }
   Chains<T> acc_dy = Chains<T>::zero(), acc_dyx = Chains<T>::zero();
   WideSum<T> tot_dy[kChains], tot_dyx[kChains];
@@ -179,6 +180,7 @@ void tile_grad_sums(double* out, const T* dy, const T* x, const T* mean, const T
     for (int u = 0; u < kChains; ++u) {
       const V d = V::load(dy + off + u * V::width);
       const V xhat = (V::load(x + off + u * V::width) - mean_v[u]) * invstd_v[u];
+      if constexpr (kDx) (d * k_v[u]).store(dx + off + u * V::width);
       acc_dy.acc[u] = acc_dy.acc[u] + d;
       acc_dyx.acc[u] = fmadd(d, xhat, acc_dyx.acc[u]);
     }
@@ -200,14 +202,15 @@ void tile_grad_sums(double* out, const T* dy, const T* x, const T* mean, const T
   }
 }
 
-template <class T>
-void column_grad_sums(double* out, const T* dy, const T* x, const T* mean, const T* invstd,
-                      int64_t cols, int64_t j, int64_t r0, int64_t r1) {
+template <class T, bool kDx>
+void column_grad_sums(double* out, T* dx, const T* dy, const T* x, const T* mean, const T* invstd,
+                      const T* k, int64_t cols, int64_t j, int64_t r0, int64_t r1) {
   T acc_dy = T(0), acc_dyx = T(0);
   double s_dy = 0.0, s_dyx = 0.0;
   for (int64_t r = r0; r < r1; ++r) {
     const T d = dy[r * cols + j];
     const T xhat = (x[r * cols + j] - mean[j]) * invstd[j];
+    if constexpr (kDx) dx[r * cols + j] = d * k[j];
     acc_dy += d;
     acc_dyx = fma_scalar(d, xhat, acc_dyx);
     if (flush_due(r, r0, r1)) {
@@ -236,13 +239,14 @@ void expand_to_columns(T* out, const T* per_channel, const Shape& sh) {
     for (int64_t k = 0; k < sh.s; ++k) out[ch * sh.s + k] = per_channel[ch];
 }
 
-// Runs layout: sums of dy and dy * xhat over one chunk of a run.
+// Runs layout: sums of dy and dy * xhat over one chunk of a run; with kDx also dx = k * dy.
 // Scalar math: xhat = (x - mean) * invstd;  sums += (dy, dy * xhat)
-template <class T>
-void chunk_grad_sums(double* out, const T* dy, const T* x, T mean, T invstd, int64_t n) {
+template <class T, bool kDx>
+void chunk_grad_sums(double* out, T* dx, const T* dy, const T* x, T mean, T invstd, T k,
+                     int64_t n) {
   using V = Vec<T>;
   const int64_t n_vec = n - n % V::width;
-  const V mean_v = V::broadcast(mean), invstd_v = V::broadcast(invstd);
+  const V mean_v = V::broadcast(mean), invstd_v = V::broadcast(invstd), k_v = V::broadcast(k);
   WideSum<T> t_dy = WideSum<T>::zero(), t_dyx = WideSum<T>::zero();
   with_chains<T>(n_vec, [&](auto chains) {
     constexpr int kC = decltype(chains)::value;
@@ -252,6 +256,7 @@ void chunk_grad_sums(double* out, const T* dy, const T* x, T mean, T invstd, int
         [&](int64_t j, int u) {
           const V d = V::load(dy + j);
           const V xhat = (V::load(x + j) - mean_v) * invstd_v;
+          if constexpr (kDx) (d * k_v).store(dx + j);
           s_dy.acc[u] = s_dy.acc[u] + d;
           s_dyx.acc[u] = fmadd(d, xhat, s_dyx.acc[u]);
         },
@@ -263,6 +268,7 @@ void chunk_grad_sums(double* out, const T* dy, const T* x, T mean, T invstd, int
   double tail_dy = 0.0, tail_dyx = 0.0;
   for (int64_t j = n_vec; j < n; ++j) {
     const T xhat = (x[j] - mean) * invstd;
+    if constexpr (kDx) dx[j] = dy[j] * k;
     tail_dy += static_cast<double>(dy[j]);
     tail_dyx += static_cast<double>(dy[j]) * static_cast<double>(xhat);
   }
@@ -456,9 +462,9 @@ void batch_norm_apply(T* y, const T* x, const T* mean, const T* scale, const T* 
     apply_impl<T, false>(y, x, arr.cols[0], arr.cols[1], arr.cols[2], sh);
 }
 
-template <class T>
-void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, const T* dy, const T* x,
-                          const T* mean, const T* invstd, int64_t n, int64_t c, int64_t s) {
+template <class T, bool kDx>
+void grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, const T* x,
+                    const T* mean, const T* invstd, const T* k, int64_t n, int64_t c, int64_t s) {
   const Shape sh{n, c, s};
   if (!sh.columns()) {
     const int64_t per_run = sh.chunks_per_run(), units = sh.n_units();
@@ -469,7 +475,8 @@ void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, const T* dy, cons
         const int64_t run = u / per_run, c0 = (u % per_run) * kChunk;
         const int64_t len = s - c0 < kChunk ? s - c0 : kChunk;
         const int64_t ch = run % c, off = run * s + c0;
-        chunk_grad_sums(parts + 2 * u, dy + off, x + off, mean[ch], invstd[ch], len);
+        chunk_grad_sums<T, kDx>(parts + 2 * u, dx + off, dy + off, x + off, mean[ch], invstd[ch],
+                                kDx ? k[ch] : T(0), len);
       }
     });
     parallel_for(c, 2 * n * per_run, [&](int64_t c0, int64_t c1) {
@@ -487,9 +494,10 @@ void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, const T* dy, cons
     });
     return;
   }
-  const ColumnArrays<T> arr(sh, {mean, invstd, nullptr, nullptr, nullptr});
+  const ColumnArrays<T> arr(sh, {mean, invstd, k, nullptr, nullptr});
   const T* mean_col = arr.cols[0];
   const T* invstd_col = arr.cols[1];
+  const T* k_col = arr.cols[2];
   const int64_t cols = sh.cols(), blocks = sh.n_blocks();
   Workspace ws(static_cast<std::size_t>(2 * cols * blocks));
   double* parts = ws.data();  // (blocks, cols, 2)
@@ -501,10 +509,12 @@ void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, const T* dy, cons
       for_tiles<T>(
           j0, j1,
           [&](int64_t j) {
-            tile_grad_sums(out + 2 * j, dy, x, mean_col, invstd_col, cols, j, r0, r1);
+            tile_grad_sums<T, kDx>(out + 2 * j, dx, dy, x, mean_col, invstd_col, k_col, cols, j, r0,
+                                   r1);
           },
           [&](int64_t j) {
-            column_grad_sums(out + 2 * j, dy, x, mean_col, invstd_col, cols, j, r0, r1);
+            column_grad_sums<T, kDx>(out + 2 * j, dx, dy, x, mean_col, invstd_col, k_col, cols, j,
+                                     r0, r1);
           });
     }
   });
@@ -521,6 +531,16 @@ void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, const T* dy, cons
       sum_dy_xhat[ch] = s_dyx;
     }
   });
+}
+
+template <class T>
+void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, const T* x,
+                          const T* mean, const T* invstd, const T* k, int64_t n, int64_t c,
+                          int64_t s) {
+  if (dx)
+    grad_sums_impl<T, true>(sum_dy, sum_dy_xhat, dx, dy, x, mean, invstd, k, n, c, s);
+  else
+    grad_sums_impl<T, false>(sum_dy, sum_dy_xhat, dx, dy, x, mean, invstd, k, n, c, s);
 }
 
 template <class T>
@@ -548,8 +568,8 @@ void batch_norm_backward_apply(T* dx, const T* dy, const T* x, const T* mean, co
   template void batch_norm_stats<T>(double*, double*, const T*, int64_t, int64_t, int64_t);        \
   template void batch_norm_apply<T>(T*, const T*, const T*, const T*, const T*, int64_t, int64_t,  \
                                     int64_t);                                                      \
-  template void batch_norm_grad_sums<T>(double*, double*, const T*, const T*, const T*, const T*,  \
-                                        int64_t, int64_t, int64_t);                                \
+  template void batch_norm_grad_sums<T>(double*, double*, T*, const T*, const T*, const T*,        \
+                                        const T*, const T*, int64_t, int64_t, int64_t);            \
   template void batch_norm_backward_apply<T>(T*, const T*, const T*, const T*, const T*, const T*, \
                                              const T*, const T*, int64_t, int64_t, int64_t);
 NORMKIT_INSTANTIATE(float)

@@ -24,11 +24,12 @@ using BatchNormStatsFn = void (*)(double* mean, double* var, const T* x, int64_t
 template <class T>
 using BatchNormApplyFn = void (*)(T* y, const T* x, const T* mean, const T* scale, const T* shift,
                                   int64_t n, int64_t c, int64_t s);
-// grad_sums: float64 sums of dy and dy * (x - mean) * invstd per channel.
+// grad_sums: float64 sums of dy and dy * (x - mean) * invstd per channel; with dx non-null it
+// also writes dx = k * dy in the same pass (the eval-mode backward).
 template <class T>
-using BatchNormGradSumsFn = void (*)(double* sum_dy, double* sum_dy_xhat, const T* dy, const T* x,
-                                     const T* mean, const T* invstd, int64_t n, int64_t c,
-                                     int64_t s);
+using BatchNormGradSumsFn = void (*)(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy,
+                                     const T* x, const T* mean, const T* invstd, const T* k,
+                                     int64_t n, int64_t c, int64_t s);
 // backward_apply: dx = k * (dy - a - (x - mean) * invstd * b); with x == nullptr, dx = k * dy.
 template <class T>
 using BatchNormBackwardApplyFn = void (*)(T* dx, const T* dy, const T* x, const T* mean,

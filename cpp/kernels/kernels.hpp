@@ -28,8 +28,9 @@ void batch_norm_apply(T* y, const T* x, const T* mean, const T* scale, const T* 
                       int64_t c, int64_t s);
 
 template <class T>
-void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, const T* dy, const T* x,
-                          const T* mean, const T* invstd, int64_t n, int64_t c, int64_t s);
+void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, const T* x,
+                          const T* mean, const T* invstd, const T* k, int64_t n, int64_t c,
+                          int64_t s);
 
 template <class T>
 void batch_norm_backward_apply(T* dx, const T* dy, const T* x, const T* mean, const T* invstd,
