@@ -124,7 +124,9 @@ def batch_norm(
     variance for ``running_var``). In inference the running statistics are used.
     ``out`` (C-contiguous, shape and dtype of ``x``) receives the result and may be ``x``.
     """
-    y, _, _ = _forward(x, running_mean, running_var, gamma, beta, training, momentum, eps, axis, out)
+    y, _, _ = _forward(
+        x, running_mean, running_var, gamma, beta, training, momentum, eps, axis, out
+    )
     return y
 
 
