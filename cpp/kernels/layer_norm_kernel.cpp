@@ -10,6 +10,7 @@
 // too few rows to share out also split rows by chunk. Both paths do the same arithmetic.
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #include "cpu_features.hpp"
@@ -118,6 +119,96 @@ Moments row_moments_from_chunks(const double* chunk_moments_row, int64_t n_chunk
     m = merge(m, Moments{p[0], p[1], p[2]});
   }
   return m;
+}
+
+// Short rows (at most kShortRowBytes) go through in groups of kGroup, one float64 lane per row:
+// their cost is mostly per row (reductions), not per value.
+constexpr int64_t kShortRowBytes = 1024;
+constexpr int kGroup = static_cast<int>(Vec<double>::width);
+
+// Per-row float64 sums, one Vec<double> of lane partials per row of a group.
+using GroupLanes = Vec<double>[kGroup];
+
+// lanes[r] += the lanes of acc[r] in float64, for every row of the group; acc restarts at 0.
+template <class T>
+void flush_group(GroupLanes& lanes, Vec<T> (&acc)[kGroup]) {
+  for (int r = 0; r < kGroup; ++r) {
+    lanes[r] = lanes[r] + Wide<T>::of(acc[r]).folded();
+    acc[r] = Vec<T>::broadcast(T(0));
+  }
+}
+
+// Calls step(j, r) for every full vector j of the first n_vec columns and every row r of a
+// group, rows innermost (kGroup independent sums), and flush() after every kTermsPerLane
+// vectors of columns and after the last.
+template <class T, class Step, class Flush>
+void group_loop(int64_t n_vec, const Step& step, const Flush& flush) {
+  constexpr int64_t kBlock = kTermsPerLane * Vec<T>::width;
+  for (int64_t j0 = 0; j0 < n_vec; j0 += kBlock) {
+    const int64_t j1 = j0 + kBlock < n_vec ? j0 + kBlock : n_vec;
+    for (int r = 0; r < kGroup; ++r)
+      for (int64_t j = j0; j < j1; j += Vec<T>::width) step(j, r);
+    flush();
+  }
+}
+
+// Moments of the kGroup rows row[r] of cols values each, two passes while they sit in L1: a
+// rough mean (sums in T, widened every kTermsPerLane terms), then the sums of d = x - rough mean
+// and d^2 as in shifted_moments. The rows are summed side by side, and their lane sums reduced
+// all at once (transpose_add) instead of one horizontal sum per row; every row gets the same
+// arithmetic wherever it sits in a group.
+template <class T>
+void group_moments(Moments* out, const T* const (&row)[kGroup], int64_t cols) {
+  using V = Vec<T>;
+  const int64_t n_vec = cols - cols % V::width;
+  const double count = static_cast<double>(cols);
+  V acc[kGroup], acc_d2[kGroup];
+  GroupLanes lanes, lanes_d2;
+  double sum[kGroup], sum_d[kGroup], sum_d2[kGroup];
+
+  // Scalar math: sum = sum(x)
+  for (int r = 0; r < kGroup; ++r) {
+    acc[r] = acc_d2[r] = V::broadcast(T(0));
+    lanes[r] = Vec<double>::broadcast(0.0);
+  }
+  group_loop<T>(
+      n_vec, [&](int64_t j, int r) { acc[r] = acc[r] + V::load(row[r] + j); },
+      [&] { flush_group(lanes, acc); });
+  transpose_add(lanes).store(sum);
+  T shift[kGroup];
+  V shift_v[kGroup];
+  for (int r = 0; r < kGroup; ++r) {
+    for (int64_t j = n_vec; j < cols; ++j) sum[r] += static_cast<double>(row[r][j]);
+    shift[r] = static_cast<T>(sum[r] / count);
+    shift_v[r] = V::broadcast(shift[r]);
+    lanes[r] = lanes_d2[r] = Vec<double>::broadcast(0.0);
+  }
+
+  // Scalar math: d = x - shift;  sum_d = sum(d);  sum_d2 = sum(d * d)
+  group_loop<T>(
+      n_vec,
+      [&](int64_t j, int r) {
+        const V d = V::load(row[r] + j) - shift_v[r];
+        acc[r] = acc[r] + d;
+        acc_d2[r] = fmadd(d, d, acc_d2[r]);
+      },
+      [&] {
+        flush_group(lanes, acc);
+        flush_group(lanes_d2, acc_d2);
+      });
+  transpose_add(lanes).store(sum_d);
+  transpose_add(lanes_d2).store(sum_d2);
+  for (int r = 0; r < kGroup; ++r) {
+    for (int64_t j = n_vec; j < cols; ++j) {
+      const double d = static_cast<double>(row[r][j] - shift[r]);
+      sum_d[r] += d;
+      sum_d2[r] += d * d;
+    }
+    out[r] = shifted_moments_of(static_cast<double>(shift[r]), sum_d[r], sum_d2[r], count);
+    // A rough mean more than 2 std off (cancelling huge values): start again around the mean.
+    if (shift_too_far(out[r], static_cast<double>(shift[r])))
+      out[r] = shifted_moments(row[r], cols, static_cast<T>(out[r].mean));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -302,6 +393,29 @@ void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* b
     rstd[i] = s.rstd;
   };
 
+  if (cols * int64_t{sizeof(T)} <= kShortRowBytes) {
+    const int64_t n_groups = (rows + kGroup - 1) / kGroup;
+    parallel_for(n_groups, kGroup * cols, [&](int64_t g0, int64_t g1) {
+      Moments m[kGroup];
+      RowScale<T> s[kGroup];
+      const T* row[kGroup];
+      for (int64_t group = g0; group < g1; ++group) {
+        const int64_t r0 = group * kGroup;
+        for (int r = 0; r < kGroup; ++r)  // past the last row, row r0 again (not used)
+          row[r] = x + (r0 + r < rows ? r0 + r : r0) * cols;
+        group_moments(m, row, cols);
+        for (int r = 0; r < kGroup; ++r) {
+          s[r] = row_scale<T>(m[r], eps);
+          if (r0 + r < rows) finish_row(r0 + r, s[r]);
+        }
+        for (int r = 0; r < kGroup; ++r)
+          if (r0 + r < rows)
+            normalize<T, kStream>(y + (r0 + r) * cols, row[r], gamma, beta, s[r], 0, cols);
+      }
+      if constexpr (kStream) stream_fence();
+    });
+    return;
+  }
   if (p.rows_in_parallel(rows)) {
     // Rows go in groups (that fit in L1): statistics of the whole group first, so the CPU
     // overlaps the reductions of independent rows, then their normalization.

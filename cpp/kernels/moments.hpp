@@ -13,16 +13,12 @@ struct Moments {
   double count, mean, m2;  // m2 = sum of squared deviations from mean
 };
 
-// Sums of d = x - shift and d^2 over x[0, n), blocked into float64 (vec.hpp), as moments:
-//   mean = shift + sum(d) / n;  m2 = sum(d^2) - sum(d)^2 / n
-// (the shifted-data formula: exact up to a few roundings while |mean - shift| is within a
-// couple of standard deviations; x - shift is itself exact for data near the shift).
+// total_d += d and total_d2 += d^2, d = x - shift, over the full vectors x[0, n_vec), blocked
+// into float64.
 template <class T>
-Moments shifted_moments(const T* x, int64_t n, T shift) {
+void shifted_sums(const T* x, int64_t n_vec, T shift, WideSum<T>& total_d, WideSum<T>& total_d2) {
   using V = Vec<T>;
-  const int64_t n_vec = n - n % V::width;
   const V shift_v = V::broadcast(shift);
-  WideSum<T> total_d = WideSum<T>::zero(), total_d2 = WideSum<T>::zero();
   with_chains<T>(n_vec, [&](auto chains) {
     constexpr int kC = decltype(chains)::value;
     Chains<T, kC> sum_d = Chains<T, kC>::zero(), sum_d2 = Chains<T, kC>::zero();
@@ -38,17 +34,38 @@ Moments shifted_moments(const T* x, int64_t n, T shift) {
           sum_d2.flush_into(total_d2);
         });
   });
+}
+
+// Moments from the sums of d = x - shift and d^2 over n values:
+//   mean = shift + sum(d) / n;  m2 = sum(d^2) - sum(d)^2 / n
+// (the shifted-data formula: exact up to a few roundings while |mean - shift| is within a
+// couple of standard deviations; x - shift is itself exact for data near the shift).
+inline Moments shifted_moments_of(double shift, double sum_d, double sum_d2, double count) {
+  const double mean_d = sum_d / count;
+  return {count, shift + mean_d, sum_d2 - sum_d * mean_d};
+}
+
+// True when the shift was too far from the mean for the shifted formula (> 2 std).
+inline bool shift_too_far(const Moments& m, double shift) {
+  const double offset = m.mean - shift;
+  return offset * offset * m.count > 4.0 * m.m2;
+}
+
+// Moments of x[0, n) around shift.
+template <class T>
+Moments shifted_moments(const T* x, int64_t n, T shift) {
+  using V = Vec<T>;
+  const int64_t n_vec = n - n % V::width;
+  WideSum<T> total_d = WideSum<T>::zero(), total_d2 = WideSum<T>::zero();
+  shifted_sums(x, n_vec, shift, total_d, total_d2);
   double tail_d = 0.0, tail_d2 = 0.0;
   for (int64_t j = n_vec; j < n; ++j) {
     const double d = static_cast<double>(x[j] - shift);
     tail_d += d;
     tail_d2 += d * d;
   }
-  const double sd = total_d.total() + tail_d;
-  const double sd2 = total_d2.total() + tail_d2;
-  const double count = static_cast<double>(n);
-  const double mean_d = sd / count;
-  return {count, static_cast<double>(shift) + mean_d, sd2 - sd * mean_d};
+  return shifted_moments_of(static_cast<double>(shift), total_d.total() + tail_d,
+                            total_d2.total() + tail_d2, static_cast<double>(n));
 }
 
 // Moments of x[0, n) (a chunk that stays in L1). The shift is the mean of the first vector of
@@ -68,8 +85,8 @@ Moments chunk_moments(const T* x, int64_t n) {
     shift = x[0];
   }
   const Moments m = shifted_moments(x, n, shift);
-  const double offset = m.mean - static_cast<double>(shift);
-  if (offset * offset * m.count > 4.0 * m.m2) return shifted_moments(x, n, static_cast<T>(m.mean));
+  if (shift_too_far(m, static_cast<double>(shift)))
+    return shifted_moments(x, n, static_cast<T>(m.mean));
   return m;
 }
 

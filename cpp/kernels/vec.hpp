@@ -192,6 +192,38 @@ inline double reduce_add(Vec<double> a) {
 #endif
 }
 
+// The horizontal sums of Vec<double>::width vectors at once: lane r of the result is the sum
+// of the lanes of a[r]. Every lane is added along the same fixed tree, pairs of neighbours
+// first ((l0 + l1) + (l2 + l3)) + ..., whichever position its vector has in a.
+inline Vec<double> transpose_add(const Vec<double>* a) {
+#if defined(__AVX512F__)
+  // Step 1: t[k] holds, per 128-bit lane, (a[2k] pair sum, a[2k + 1] pair sum).
+  __m512d t[4];
+  for (int k = 0; k < 4; ++k)
+    t[k] = _mm512_add_pd(_mm512_unpacklo_pd(a[2 * k].v, a[2 * k + 1].v),
+                         _mm512_unpackhi_pd(a[2 * k].v, a[2 * k + 1].v));
+  // Step 2: sums of 128-bit lanes 0 + 1 and 2 + 3, for four vectors.
+  __m512d u[2];
+  for (int k = 0; k < 2; ++k)
+    u[k] = _mm512_add_pd(_mm512_shuffle_f64x2(t[2 * k], t[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f64x2(t[2 * k], t[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  // Step 3: the two halves of each vector.
+  return {_mm512_add_pd(_mm512_shuffle_f64x2(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                        _mm512_shuffle_f64x2(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)))};
+#elif defined(__AVX2__)
+  const __m256d t0 =
+      _mm256_add_pd(_mm256_unpacklo_pd(a[0].v, a[1].v), _mm256_unpackhi_pd(a[0].v, a[1].v));
+  const __m256d t1 =
+      _mm256_add_pd(_mm256_unpacklo_pd(a[2].v, a[3].v), _mm256_unpackhi_pd(a[2].v, a[3].v));
+  return {
+      _mm256_add_pd(_mm256_permute2f128_pd(t0, t1, 0x20), _mm256_permute2f128_pd(t0, t1, 0x31))};
+#elif defined(__SSE2__)
+  return {_mm_add_pd(_mm_unpacklo_pd(a[0].v, a[1].v), _mm_unpackhi_pd(a[0].v, a[1].v))};
+#else
+  return a[0];
+#endif
+}
+
 // Wide<T>: a Vec<T> held as float64 lanes. For double it is the vector itself; for float it
 // is the low and high halves converted exactly to double.
 template <class T>
@@ -202,6 +234,7 @@ struct Wide<double> {
   static constexpr int parts = 1;
   Vec<double> part[1];
   static Wide of(Vec<double> a) { return {{a}}; }
+  Vec<double> folded() const { return part[0]; }
 };
 
 template <>
@@ -209,6 +242,8 @@ struct Wide<float> {
   static constexpr int parts = Vec<float>::width == 1 ? 1 : 2;
   Vec<double> part[2];
   static Wide of(Vec<float> a) { return {{widen_lo(a), widen_hi(a)}}; }
+  // The parts added lane by lane: one float64 vector with the same total.
+  Vec<double> folded() const { return parts == 1 ? part[0] : part[0] + part[1]; }
 };
 
 // A float64 vector accumulator for sums of Vec<T> values.
@@ -262,18 +297,6 @@ struct Chains {
         for (int k = 0; k < Wide<T>::parts; ++k) w[u].part[k] = w[u].part[k] + w[u + step].part[k];
     total.add(w[0]);
     for (auto& a : acc) a = Vec<T>::broadcast(T(0));
-  }
-  // The sum of all lanes of all chains, added in T along a fixed tree and then in float64: a
-  // rough total for estimates (it rounds in T over many terms).
-  double rough_total() const {
-    Vec<T> v[kC];
-    for (int u = 0; u < kC; ++u) v[u] = acc[u];
-    for (int step = 1; step < kC; step *= 2)
-      for (int u = 0; u + step < kC; u += 2 * step) v[u] = v[u] + v[u + step];
-    const Wide<T> w = Wide<T>::of(v[0]);
-    Vec<double> s = w.part[0];
-    for (int k = 1; k < Wide<T>::parts; ++k) s = s + w.part[k];
-    return reduce_add(s);
   }
 };
 
