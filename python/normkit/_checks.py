@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _core
+
 AxisError = getattr(np, "exceptions", np).AxisError
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -62,6 +64,8 @@ def _axis_index(axis: Any, ndim: int) -> int:
 
 def trailing_axes(axis: Any, ndim: int) -> int:
     """Number k of trailing axes named by ``axis`` (an int or a tuple: the last k axes)."""
+    if type(axis) is int and (axis == -1 or axis == ndim - 1) and ndim > 0:
+        return 1  # the common case, without the general checks below
     axes = axis if isinstance(axis, (tuple, list)) else (axis,)
     if len(axes) == 0:
         raise ValueError("axis: expected at least one axis, got ()")
@@ -107,8 +111,6 @@ def output_for(out, x: np.ndarray, *params):
     """(y, x, *params) for a normalization writing y: a new array (from the buffer cache) when
     out is None, else out checked, with any input that overlaps it copied first (x may be out
     itself: the kernels read each value before writing it)."""
-    from . import _core
-
     if out is None:
         return (_core.empty(x.shape, x.dtype), x, *params)
     y = out_array(out, x.shape, x.dtype)
