@@ -158,9 +158,9 @@ void group_loop(int64_t n_vec, const Step& step, const Flush& flush) {
 // all at once (transpose_add) instead of one horizontal sum per row; every row gets the same
 // arithmetic wherever it sits in a group.
 template <class T>
-void group_moments(Moments* out, const T* const (&row)[kGroup], int64_t cols) {
+inline void group_moments(Moments* out, const T* const (&row)[kGroup], int64_t cols,
+                          int64_t n_vec) {
   using V = Vec<T>;
-  const int64_t n_vec = cols - cols % V::width;
   const double count = static_cast<double>(cols);
   V acc[kGroup], acc_d2[kGroup];
   GroupLanes lanes, lanes_d2;
@@ -383,6 +383,49 @@ bool stream_output(int64_t rows, int64_t cols) {
   return rows * cols * int64_t{sizeof(T)} >= stream_threshold_bytes();
 }
 
+// Rows of at most kShortRowBytes, kGroup at a time. kVectors > 0: rows are exactly kVectors
+// vectors long (the loops then unroll); 0: any length.
+template <class T, bool kStream, int64_t kVectors>
+void forward_short_rows_of(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+                           int64_t rows, int64_t cols, double eps) {
+  const int64_t n_vec = kVectors > 0 ? kVectors * Vec<T>::width : cols - cols % Vec<T>::width;
+  const int64_t n_groups = (rows + kGroup - 1) / kGroup;
+  parallel_for(n_groups, kGroup * cols, [&](int64_t g0, int64_t g1) {
+    Moments m[kGroup];
+    const T* row[kGroup];
+    for (int64_t group = g0; group < g1; ++group) {
+      const int64_t r0 = group * kGroup;
+      for (int r = 0; r < kGroup; ++r)  // past the last row, row r0 again (not used)
+        row[r] = x + (r0 + r < rows ? r0 + r : r0) * cols;
+      group_moments(m, row, cols, n_vec);
+      for (int r = 0; r < kGroup && r0 + r < rows; ++r) {
+        const RowScale<T> s = row_scale<T>(m[r], eps);
+        mean[r0 + r] = s.mean_hi;
+        rstd[r0 + r] = s.rstd;
+        normalize<T, kStream>(y + (r0 + r) * cols, row[r], gamma, beta, s, 0,
+                              kVectors > 0 ? n_vec : cols);
+      }
+    }
+    if constexpr (kStream) stream_fence();
+  });
+}
+
+template <class T, bool kStream>
+void forward_short_rows(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+                        int64_t rows, int64_t cols, double eps) {
+  const int64_t vectors = cols % Vec<T>::width == 0 ? cols / Vec<T>::width : 0;
+  switch (vectors) {
+    case 4:
+      return forward_short_rows_of<T, kStream, 4>(y, mean, rstd, x, gamma, beta, rows, cols, eps);
+    case 8:
+      return forward_short_rows_of<T, kStream, 8>(y, mean, rstd, x, gamma, beta, rows, cols, eps);
+    case 16:
+      return forward_short_rows_of<T, kStream, 16>(y, mean, rstd, x, gamma, beta, rows, cols, eps);
+    default:
+      return forward_short_rows_of<T, kStream, 0>(y, mean, rstd, x, gamma, beta, rows, cols, eps);
+  }
+}
+
 template <class T, bool kStream>
 void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int64_t rows,
                   int64_t cols, double eps) {
@@ -394,26 +437,7 @@ void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* b
   };
 
   if (cols * int64_t{sizeof(T)} <= kShortRowBytes) {
-    const int64_t n_groups = (rows + kGroup - 1) / kGroup;
-    parallel_for(n_groups, kGroup * cols, [&](int64_t g0, int64_t g1) {
-      Moments m[kGroup];
-      RowScale<T> s[kGroup];
-      const T* row[kGroup];
-      for (int64_t group = g0; group < g1; ++group) {
-        const int64_t r0 = group * kGroup;
-        for (int r = 0; r < kGroup; ++r)  // past the last row, row r0 again (not used)
-          row[r] = x + (r0 + r < rows ? r0 + r : r0) * cols;
-        group_moments(m, row, cols);
-        for (int r = 0; r < kGroup; ++r) {
-          s[r] = row_scale<T>(m[r], eps);
-          if (r0 + r < rows) finish_row(r0 + r, s[r]);
-        }
-        for (int r = 0; r < kGroup; ++r)
-          if (r0 + r < rows)
-            normalize<T, kStream>(y + (r0 + r) * cols, row[r], gamma, beta, s[r], 0, cols);
-      }
-      if constexpr (kStream) stream_fence();
-    });
+    forward_short_rows<T, kStream>(y, mean, rstd, x, gamma, beta, rows, cols, eps);
     return;
   }
   if (p.rows_in_parallel(rows)) {
