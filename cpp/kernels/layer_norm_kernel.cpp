@@ -493,6 +493,114 @@ void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* b
   });
 }
 
+// Backward sums of the g <= kGroup rows from row i0, side by side (see group_moments):
+// sums[r] = (sum(g), sum(g * xhat)) of row i0 + r. With kAffine, each row's dy * xhat and dy are
+// also added to acc_g and acc_b (per column, in T), rows in order.
+// Scalar math: xhat = (x - mean) * rstd;  g = dy * gamma
+template <class T, bool kAffine>
+inline void group_grad_sums(GradSums* sums, const BackwardArgs<T>& a, int64_t cols, int64_t n_vec,
+                            int64_t i0, int g, T* acc_g, T* acc_b) {
+  using V = Vec<T>;
+  constexpr int64_t kBlock = kTermsPerLane * V::width;
+  GroupLanes lanes_g, lanes_gx;
+  for (int r = 0; r < kGroup; ++r) lanes_g[r] = lanes_gx[r] = Vec<double>::broadcast(0.0);
+  for (int r = 0; r < g; ++r) {
+    const T* x = a.x + (i0 + r) * cols;
+    const T* dy = a.dy + (i0 + r) * cols;
+    const V mean_v = V::broadcast(a.mean[i0 + r]), rstd_v = V::broadcast(a.rstd[i0 + r]);
+    for (int64_t j0 = 0; j0 < n_vec; j0 += kBlock) {
+      const int64_t j1 = j0 + kBlock < n_vec ? j0 + kBlock : n_vec;
+      V sum_g = V::broadcast(T(0)), sum_gx = V::broadcast(T(0));
+      for (int64_t j = j0; j < j1; j += V::width) {
+        const V xhat = (V::load(x + j) - mean_v) * rstd_v;
+        const V d = V::load(dy + j);
+        V gj = d;
+        if constexpr (kAffine) {
+          gj = d * V::load(a.gamma + j);
+          fmadd(d, xhat, V::load(acc_g + j)).store(acc_g + j);
+          (V::load(acc_b + j) + d).store(acc_b + j);
+        }
+        sum_g = sum_g + gj;
+        sum_gx = fmadd(gj, xhat, sum_gx);
+      }
+      lanes_g[r] = lanes_g[r] + Wide<T>::of(sum_g).folded();
+      lanes_gx[r] = lanes_gx[r] + Wide<T>::of(sum_gx).folded();
+    }
+  }
+  double total_g[kGroup], total_gx[kGroup];
+  transpose_add(lanes_g).store(total_g);
+  transpose_add(lanes_gx).store(total_gx);
+  for (int r = 0; r < g; ++r) {
+    const T* x = a.x + (i0 + r) * cols;
+    const T* dy = a.dy + (i0 + r) * cols;
+    const T mean = a.mean[i0 + r], rstd = a.rstd[i0 + r];
+    double tail_g = 0.0, tail_gx = 0.0;
+    for (int64_t j = n_vec; j < cols; ++j) {
+      const T xhat = (x[j] - mean) * rstd;
+      T gj = dy[j];
+      if constexpr (kAffine) {
+        gj = dy[j] * a.gamma[j];
+        acc_g[j] = fma_scalar(dy[j], xhat, acc_g[j]);
+        acc_b[j] += dy[j];
+      }
+      tail_g += static_cast<double>(gj);
+      tail_gx += static_cast<double>(gj) * static_cast<double>(xhat);
+    }
+    sums[r] = {total_g[r] + tail_g, total_gx[r] + tail_gx};
+  }
+}
+
+// Backward of rows of at most kShortRowBytes, kGroup rows at a time within each row block.
+// kVectors as in forward_short_rows_of.
+template <class T, bool kStream, int64_t kVectors>
+void backward_short_rows_of(const BackwardArgs<T>& a, const Plan& p) {
+  static_assert(kRowsPerFlush % kGroup == 0, "a flush falls on the last row of a group");
+  const int64_t cols = p.cols;
+  const int64_t n_vec = kVectors > 0 ? kVectors * Vec<T>::width : cols - cols % Vec<T>::width;
+  const bool affine = a.gamma != nullptr;
+  parallel_for(p.n_blocks, p.rows_per_block * cols, [&](int64_t b0, int64_t b1) {
+    TaskBuffer<T> acc(affine ? 2 * cols : 0);
+    T* acc_g = acc.data();
+    T* acc_b = acc_g + cols;
+    GradSums sums[kGroup];
+    for (int64_t b = b0; b < b1; ++b) {
+      if (affine) {
+        zero(a.dgamma_part + b * cols, cols);
+        zero(a.dbeta_part + b * cols, cols);
+      }
+      for (int64_t i0 = p.block_begin(b); i0 < p.block_end(b); i0 += kGroup) {
+        const int g = static_cast<int>(p.block_end(b) - i0 < kGroup ? p.block_end(b) - i0 : kGroup);
+        if (affine) {
+          group_grad_sums<T, true>(sums, a, cols, n_vec, i0, g, acc_g, acc_b);
+          if (flush_due(p, b, i0 + g - 1)) {
+            flush_param_partials(a.dgamma_part + b * cols, acc_g, cols);
+            flush_param_partials(a.dbeta_part + b * cols, acc_b, cols);
+          }
+        } else {
+          group_grad_sums<T, false>(sums, a, cols, n_vec, i0, g, nullptr, nullptr);
+        }
+        for (int r = 0; r < g; ++r) dx_chunk<T, kStream>(a, p, i0 + r, 0, sums[r]);
+      }
+    }
+    if constexpr (kStream) stream_fence();
+  });
+}
+
+template <class T, bool kStream>
+void backward_short_rows(const BackwardArgs<T>& a, const Plan& p) {
+  const int64_t vectors = p.cols % Vec<T>::width == 0 ? p.cols / Vec<T>::width : 0;
+  switch (vectors) {
+    case 4:
+      return backward_short_rows_of<T, kStream, 4>(a, p);
+    case 8:
+      return backward_short_rows_of<T, kStream, 8>(a, p);
+    case 16:
+      return backward_short_rows_of<T, kStream, 16>(a, p);
+    default:
+      return backward_short_rows_of<T, kStream, 0>(a, p);
+  }
+}
+
 template <class T, bool kStream>
 void backward_impl(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
                    const T* rstd, const T* gamma, int64_t rows, int64_t cols) {
@@ -509,7 +617,9 @@ void backward_impl(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T*
                     parts.data(),
                     affine ? parts.data() + p.n_blocks * cols : nullptr};
 
-  if (p.rows_in_parallel(p.n_blocks)) {
+  if (cols * int64_t{sizeof(T)} <= kShortRowBytes) {
+    backward_short_rows<T, kStream>(a, p);
+  } else if (p.rows_in_parallel(p.n_blocks)) {
     parallel_for(p.n_blocks, p.rows_per_block * cols, [&](int64_t b0, int64_t b1) {
       TaskBuffer<T> acc(affine ? 2 * cols : 0);
       T* acc_g = acc.data();
