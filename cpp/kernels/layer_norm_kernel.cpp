@@ -139,9 +139,9 @@ void flush_group(GroupLanes& lanes, Vec<T> (&acc)[kGroup]) {
   }
 }
 
-// Calls step(j, r) for every full vector j of the first n_vec columns and every row r of a
-// group, rows innermost (kGroup independent sums), and flush() after every kTermsPerLane
-// vectors of columns and after the last.
+// Calls step(j, r) for every row r of a group and every full vector j of its first n_vec
+// columns, block of kTermsPerLane vectors by block and row by row within a block, and flush()
+// after every block (of all rows).
 template <class T, class Step, class Flush>
 void group_loop(int64_t n_vec, const Step& step, const Flush& flush) {
   constexpr int64_t kBlock = kTermsPerLane * Vec<T>::width;
@@ -153,10 +153,10 @@ void group_loop(int64_t n_vec, const Step& step, const Flush& flush) {
   }
 }
 
-// Moments of the kGroup rows row[r] of cols values each, two passes while they sit in L1: a
-// rough mean (sums in T, widened every kTermsPerLane terms), then the sums of d = x - rough mean
-// and d^2 as in shifted_moments. The rows are summed side by side, and their lane sums reduced
-// all at once (transpose_add) instead of one horizontal sum per row; every row gets the same
+// Moments of the kGroup rows row[r] (cols values each), from two passes over each row while it
+// sits in L1: a rough mean (sums in T, widened every kTermsPerLane terms), then the sums of
+// d = x - rough mean and d^2 as in shifted_moments. The group's lane sums are reduced all at
+// once (transpose_add) instead of one horizontal sum per row; every row gets the same
 // arithmetic wherever it sits in a group.
 template <class T>
 inline void group_moments(Moments* out, const T* const (&row)[kGroup], int64_t cols,
