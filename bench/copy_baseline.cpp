@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "aligned_buffer.hpp"
 #include "copy.hpp"
 #include "threading.hpp"
 
@@ -19,7 +20,7 @@ double copy_seconds(std::size_t bytes, int threads) {
   const int before = normkit::get_num_threads();
   normkit::set_num_threads(threads);
   const std::size_t half = bytes / 2;
-  std::vector<char> src(half, 1), dst(half, 0);
+  normkit_bench::Buffer<char> src(half, 1), dst(half, 0);
   std::vector<double> times;
   for (int rep = 0; rep < 15; ++rep) {
     const auto t0 = std::chrono::steady_clock::now();

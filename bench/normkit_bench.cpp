@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "aligned_buffer.hpp"
 #include "batch_norm.hpp"
 #include "copy_baseline.hpp"
 #include "dispatch.hpp"
@@ -25,6 +26,8 @@
 #endif
 
 namespace {
+
+using normkit_bench::Buffer;
 
 struct LayerNormShape {
   int64_t rows, cols;
@@ -44,9 +47,9 @@ const BatchNormShape kBatchNormShapes[] = {{"32x64x56x56", 32, 64, 56 * 56},
 
 // Uniform values in [-1, 1) from a 64-bit LCG: cheap enough for arrays of 10^8 values.
 template <class T>
-std::vector<T> random_values(std::size_t n, unsigned seed) {
+Buffer<T> random_values(std::size_t n, unsigned seed) {
   std::uint64_t state = 0x9E3779B97F4A7C15ull * (seed + 1);
-  std::vector<T> v(n);
+  Buffer<T> v(n);
   for (auto& e : v) {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
     e = static_cast<T>(static_cast<double>(state >> 11) * 0x1.0p-52 - 1.0);
@@ -82,7 +85,7 @@ void layer_norm_forward(benchmark::State& state, normkit::Isa isa, int threads, 
   const std::size_t n = static_cast<std::size_t>(sh.rows * sh.cols);
   auto x = random_values<T>(n, 1), gamma = random_values<T>(sh.cols, 2),
        beta = random_values<T>(sh.cols, 3);
-  std::vector<T> y(n), mean(sh.rows), rstd(sh.rows);
+  Buffer<T> y(n), mean(sh.rows), rstd(sh.rows);
   const double bytes = double(sizeof(T)) * (2.0 * n + 2.0 * sh.cols + 2.0 * sh.rows);
   run(state, bytes, threads, [&] {
     normkit::layer_norm_forward<T>(y.data(), mean.data(), rstd.data(), x.data(), gamma.data(),
@@ -97,7 +100,7 @@ void layer_norm_backward(benchmark::State& state, normkit::Isa isa, int threads,
   const std::size_t n = static_cast<std::size_t>(sh.rows * sh.cols);
   auto x = random_values<T>(n, 1), dy = random_values<T>(n, 4),
        gamma = random_values<T>(sh.cols, 2);
-  std::vector<T> y(n), dx(n), mean(sh.rows), rstd(sh.rows), dgamma(sh.cols), dbeta(sh.cols);
+  Buffer<T> y(n), dx(n), mean(sh.rows), rstd(sh.rows), dgamma(sh.cols), dbeta(sh.cols);
   normkit::layer_norm_forward<T>(y.data(), mean.data(), rstd.data(), x.data(), gamma.data(),
                                  nullptr, sh.rows, sh.cols, 1e-5);
   const double bytes = double(sizeof(T)) * (3.0 * n + 3.0 * sh.cols + 2.0 * sh.rows);
@@ -117,8 +120,8 @@ void batch_norm(benchmark::State& state, normkit::Isa isa, int threads, BatchNor
   const std::size_t c = static_cast<std::size_t>(sh.c);
   auto x = random_values<T>(n, 1), dy = random_values<T>(n, 4), gamma = random_values<T>(c, 2),
        beta = random_values<T>(c, 3);
-  std::vector<T> y(n), dx(n), mean(c), invstd(c), running_mean(c, T(0)), running_var(c, T(1)),
-      dgamma(c), dbeta(c);
+  Buffer<T> y(n), dx(n), mean(c), invstd(c), running_mean(c, T(0)), running_var(c, T(1)), dgamma(c),
+      dbeta(c);
   normkit::batch_norm_forward<T>(y.data(), mean.data(), invstd.data(), nullptr, nullptr, x.data(),
                                  gamma.data(), beta.data(), sh.n, sh.c, sh.s, true, 0.1, 1e-5);
   const double elems = static_cast<double>(n);

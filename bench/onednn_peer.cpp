@@ -8,6 +8,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "aligned_buffer.hpp"
+
 namespace normkit_bench::onednn {
 namespace {
 
@@ -25,12 +27,12 @@ dnnl::engine& engine() {
 // Buffers, memories and the primitive, kept alive by the returned call.
 struct Case {
   dnnl::stream stream{engine()};
-  std::vector<std::vector<float>> storage;
+  std::vector<normkit_bench::Buffer<float>> storage;
   dnnl::primitive primitive;
   std::unordered_map<int, memory> args;
 
   memory make(const memory::desc& md, float fill_mean = 0.0f) {
-    std::vector<float> data(md.get_size() / sizeof(float));
+    normkit_bench::Buffer<float> data(md.get_size() / sizeof(float));
     std::mt19937 gen(static_cast<unsigned>(storage.size() + 1));
     std::normal_distribution<float> dist(fill_mean, 1.0f);
     for (auto& v : data) v = dist(gen);
