@@ -169,56 +169,71 @@ void configure(benchmark::internal::Benchmark* b) {
   b->UseRealTime()->Unit(benchmark::kMillisecond);
 }
 
-template <class T>
-void register_normkit(const char* dtype, normkit::Isa isa, int threads) {
-  const std::string suffix = std::string("/") + dtype + "/" + normkit::isa_name(isa) +
-                             "/threads:" + std::to_string(threads) + "/";
-  for (LayerNormShape sh : kLayerNormShapes) {
-    configure(benchmark::RegisterBenchmark(
-        ("layer_norm_fwd" + suffix + ln_label(sh)).c_str(),
-        [=](benchmark::State& s) { layer_norm_forward<T>(s, isa, threads, sh); }));
-    configure(benchmark::RegisterBenchmark(
-        ("layer_norm_bwd" + suffix + ln_label(sh)).c_str(),
-        [=](benchmark::State& s) { layer_norm_backward<T>(s, isa, threads, sh); }));
-  }
-  for (BatchNormShape sh : kBatchNormShapes)
-    for (BatchNormPass pass :
-         {BatchNormPass::train_forward, BatchNormPass::inference, BatchNormPass::train_backward})
-      configure(benchmark::RegisterBenchmark(
-          (std::string(pass_name(pass)) + suffix + sh.label).c_str(),
-          [=](benchmark::State& s) { batch_norm<T>(s, isa, threads, sh, pass); }));
+std::string name(const char* kernel, const char* dtype, const char* impl, int threads,
+                 const std::string& label) {
+  return std::string(kernel) + "/" + dtype + "/" + impl + "/threads:" + std::to_string(threads) +
+         "/" + label;
 }
 
+// Each case registers normkit (every ISA, float32 and float64) and its oneDNN twin back to back,
+// so on a shared machine the two sides of a ratio run close together in time.
+
+void register_layer_norm(LayerNormShape sh, bool backward, int threads) {
+  const char* kernel = backward ? "layer_norm_bwd" : "layer_norm_fwd";
+  for (normkit::Isa isa : normkit::available_isas()) {
+    configure(benchmark::RegisterBenchmark(
+        name(kernel, "f32", normkit::isa_name(isa), threads, ln_label(sh)).c_str(),
+        [=](benchmark::State& s) {
+          backward ? layer_norm_backward<float>(s, isa, threads, sh)
+                   : layer_norm_forward<float>(s, isa, threads, sh);
+        }));
+    configure(benchmark::RegisterBenchmark(
+        name(kernel, "f64", normkit::isa_name(isa), threads, ln_label(sh)).c_str(),
+        [=](benchmark::State& s) {
+          backward ? layer_norm_backward<double>(s, isa, threads, sh)
+                   : layer_norm_forward<double>(s, isa, threads, sh);
+        }));
+  }
 #ifdef NORMKIT_BENCH_ONEDNN
-void register_onednn(int threads) {
   namespace peer = normkit_bench::onednn;
-  const std::string suffix = "/f32/onednn/threads:" + std::to_string(threads) + "/";
-  auto add = [&](const std::string& name, double bytes,
-                 std::function<std::function<void()>()> make) {
-    configure(benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) {
-      peer::set_threads(threads);
-      const std::function<void()> f = make();
-      run(s, bytes, threads, f);
-    }));
-  };
-  for (LayerNormShape sh : kLayerNormShapes) {
-    const double n = double(sh.rows * sh.cols);
-    add("layer_norm_fwd" + suffix + ln_label(sh), 4.0 * (2.0 * n + 2.0 * sh.cols + 2.0 * sh.rows),
-        [=] { return peer::layer_norm_forward(sh.rows, sh.cols); });
-    add("layer_norm_bwd" + suffix + ln_label(sh), 4.0 * (3.0 * n + 3.0 * sh.cols + 2.0 * sh.rows),
-        [=] { return peer::layer_norm_backward(sh.rows, sh.cols); });
-  }
-  for (BatchNormShape sh : kBatchNormShapes) {
-    const double n = double(sh.n * sh.c * sh.s);
-    add(std::string("batch_norm_train_fwd") + suffix + sh.label, 8.0 * n,
-        [=] { return peer::batch_norm_forward(sh.n, sh.c, sh.s, true); });
-    add(std::string("batch_norm_infer") + suffix + sh.label, 8.0 * n,
-        [=] { return peer::batch_norm_forward(sh.n, sh.c, sh.s, false); });
-    add(std::string("batch_norm_train_bwd") + suffix + sh.label, 12.0 * n,
-        [=] { return peer::batch_norm_backward(sh.n, sh.c, sh.s); });
-  }
-}
+  const double n = double(sh.rows * sh.cols);
+  const double bytes = backward ? 4.0 * (3.0 * n + 3.0 * sh.cols + 2.0 * sh.rows)
+                                : 4.0 * (2.0 * n + 2.0 * sh.cols + 2.0 * sh.rows);
+  configure(benchmark::RegisterBenchmark(
+      name(kernel, "f32", "onednn", threads, ln_label(sh)).c_str(), [=](benchmark::State& s) {
+        peer::set_threads(threads);
+        const std::function<void()> f = backward ? peer::layer_norm_backward(sh.rows, sh.cols)
+                                                 : peer::layer_norm_forward(sh.rows, sh.cols);
+        run(s, bytes, threads, f);
+      }));
 #endif
+}
+
+void register_batch_norm(BatchNormShape sh, BatchNormPass pass, int threads) {
+  const char* kernel = pass_name(pass);
+  for (normkit::Isa isa : normkit::available_isas()) {
+    configure(benchmark::RegisterBenchmark(
+        name(kernel, "f32", normkit::isa_name(isa), threads, sh.label).c_str(),
+        [=](benchmark::State& s) { batch_norm<float>(s, isa, threads, sh, pass); }));
+    configure(benchmark::RegisterBenchmark(
+        name(kernel, "f64", normkit::isa_name(isa), threads, sh.label).c_str(),
+        [=](benchmark::State& s) { batch_norm<double>(s, isa, threads, sh, pass); }));
+  }
+#ifdef NORMKIT_BENCH_ONEDNN
+  namespace peer = normkit_bench::onednn;
+  const double n = double(sh.n * sh.c * sh.s);
+  const double bytes = (pass == BatchNormPass::train_backward ? 12.0 : 8.0) * n;
+  configure(benchmark::RegisterBenchmark(
+      name(kernel, "f32", "onednn", threads, sh.label).c_str(), [=](benchmark::State& s) {
+        peer::set_threads(threads);
+        const std::function<void()> f =
+            pass == BatchNormPass::train_backward
+                ? peer::batch_norm_backward(sh.n, sh.c, sh.s)
+                : peer::batch_norm_forward(sh.n, sh.c, sh.s, pass == BatchNormPass::train_forward);
+        run(s, bytes, threads, f);
+      }));
+#endif
+}
 
 }  // namespace
 
@@ -235,13 +250,12 @@ int main(int argc, char** argv) {
     return names;
   }());
   for (int threads : thread_counts) {
-    for (normkit::Isa isa : normkit::available_isas()) {
-      register_normkit<float>("f32", isa, threads);
-      register_normkit<double>("f64", isa, threads);
-    }
-#ifdef NORMKIT_BENCH_ONEDNN
-    register_onednn(threads);
-#endif
+    for (LayerNormShape sh : kLayerNormShapes)
+      for (bool backward : {false, true}) register_layer_norm(sh, backward, threads);
+    for (BatchNormShape sh : kBatchNormShapes)
+      for (BatchNormPass pass :
+           {BatchNormPass::train_forward, BatchNormPass::inference, BatchNormPass::train_backward})
+        register_batch_norm(sh, pass, threads);
   }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
