@@ -386,11 +386,42 @@ bool stream_output(int64_t rows, int64_t cols) {
 
 // Rows of at most kShortRowBytes, kGroup at a time. kVectors > 0: rows are exactly kVectors
 // vectors long (the loops then unroll); 0: any length.
+// One short row: y = ((x - mean_hi) * rstd + offset) * gamma + beta, the first n_vec columns
+// as vectors (streamed with kStream: y aligned to the vector size), the rest one by one.
+template <class T, bool kStream>
+inline void normalize_short_row(T* y, const T* x, const T* gamma, const T* beta,
+                                const RowScale<T>& s, int64_t n_vec, int64_t cols) {
+  using V = Vec<T>;
+  const V hi = V::broadcast(s.mean_hi), r = V::broadcast(s.rstd), off = V::broadcast(s.offset);
+  for (int64_t j = 0; j < n_vec; j += V::width) {
+    const V v = fmadd(fmadd(V::load(x + j) - hi, r, off), V::load(gamma + j), V::load(beta + j));
+    if constexpr (kStream)
+      v.stream(y + j);
+    else
+      v.store(y + j);
+  }
+  for (int64_t j = n_vec; j < cols; ++j)
+    y[j] = fma_scalar(fma_scalar(x[j] - s.mean_hi, s.rstd, s.offset), gamma[j], beta[j]);
+}
+
+// Rows of at most kShortRowBytes, kGroup at a time. kVectors > 0: rows are exactly kVectors
+// vectors long (the loops then unroll); 0: any length.
 template <class T, bool kStream, int64_t kVectors>
 void forward_short_rows_of(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
                            int64_t rows, int64_t cols, double eps) {
   const int64_t n_vec = kVectors > 0 ? kVectors * Vec<T>::width : cols - cols % Vec<T>::width;
   const int64_t n_groups = (rows + kGroup - 1) / kGroup;
+  // Missing gamma or beta become ones or zeros: y * 1 + 0 rounds to y, the same bits.
+  TaskBuffer<T> unit((gamma ? 0 : cols) + (beta ? 0 : cols));
+  if (!gamma) {
+    for (int64_t j = 0; j < cols; ++j) unit.data()[j] = T(1);
+    gamma = unit.data();
+  }
+  if (!beta) beta = unit.data() + (gamma == unit.data() ? cols : 0);
+  // Streaming stores need every row aligned: y aligned and rows a whole number of vectors.
+  constexpr int64_t kVecBytes = Vec<T>::width * int64_t{sizeof(T)};
+  const bool aligned_rows =
+      cols % Vec<T>::width == 0 && reinterpret_cast<std::uintptr_t>(y) % kVecBytes == 0;
   parallel_for(n_groups, kGroup * cols, [&](int64_t g0, int64_t g1) {
     Moments m[kGroup];
     const T* row[kGroup];
@@ -401,10 +432,15 @@ void forward_short_rows_of(T* y, T* mean, T* rstd, const T* x, const T* gamma, c
       group_moments(m, row, cols, n_vec);
       for (int r = 0; r < kGroup && r0 + r < rows; ++r) {
         const RowScale<T> s = row_scale<T>(m[r], eps);
+        T* y_row = y + (r0 + r) * cols;
         mean[r0 + r] = s.mean_hi;
         rstd[r0 + r] = s.rstd;
-        normalize<T, kStream>(y + (r0 + r) * cols, row[r], gamma, beta, s, 0,
-                              kVectors > 0 ? n_vec : cols);
+        if (!kStream)
+          normalize_short_row<T, false>(y_row, row[r], gamma, beta, s, n_vec, cols);
+        else if (aligned_rows)
+          normalize_short_row<T, true>(y_row, row[r], gamma, beta, s, n_vec, cols);
+        else  // each row streamed after its own aligning head
+          normalize<T, true>(y_row, row[r], gamma, beta, s, 0, cols);
       }
     }
     if constexpr (kStream) stream_fence();
