@@ -1,5 +1,7 @@
 """BatchNorm: reference, worked example, running statistics, layouts, threads, layer, errors."""
 
+import math
+
 import normkit
 import numpy as np
 import pytest
@@ -215,6 +217,34 @@ def test_float32_statistics_of_2_pow_24_values(axis):
     true_var = np.mean((xd - true_mean) ** 2)
     assert abs(float(mean[0]) - true_mean) <= 1e-3  # within an ulp of 1e4 in float32
     np.testing.assert_allclose(float(invstd[0]), 1 / np.sqrt(true_var + 1e-5), rtol=2e-7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("order", ["sorted", "far_first_rows"])
+@pytest.mark.parametrize("shape", [(1000, 70), (1000, 24, 4)], ids=str)
+def test_ordered_batch_statistics_stay_exact(isa, shape, order, dtype):
+    # Channels-last and small-spatial tables take each block's shift from its first rows. Here
+    # those rows sit far from the block's mean (sorted columns, or the first 16 rows of every
+    # 256 shifted by 100 std); the statistics must still be exact to the output's rounding.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape) + 1e4
+    if order == "sorted":
+        x = np.sort(x, axis=0)
+    else:
+        x[np.arange(shape[0]) % 256 < 16] += 100.0
+    x = x.astype(dtype)
+    _, mean, invstd = normkit.batch_norm_forward(x, training=True, axis=1)
+    columns = np.moveaxis(x.astype(np.float64), 1, -1).reshape(-1, shape[1]).T
+    true_mean = np.array([math.fsum(col) / col.size for col in columns])
+    true_var = np.array(
+        [math.fsum((col - m) ** 2) / col.size for col, m in zip(columns, true_mean)]
+    )
+    # Rounding to dtype, plus the float64 merge of block means, each held to an ulp of |mean|
+    # (|mean| / std <= 1e4 here).
+    mean_tol = np.spacing(np.asarray(true_mean, dtype)) + 4 * np.spacing(true_mean)
+    assert np.all(np.abs(mean - true_mean) <= mean_tol)
+    rtol = 2 * np.finfo(dtype).eps + 4 * np.finfo(np.float64).eps * 1e4
+    np.testing.assert_allclose(invstd, 1 / np.sqrt(true_var + 1e-5), rtol=rtol)
 
 
 def test_against_torch(rng):

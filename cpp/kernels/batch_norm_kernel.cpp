@@ -75,60 +75,9 @@ bool flush_due(int64_t r, int64_t r0, int64_t r1) {
 // ---------------------------------------------------------------------------------------------
 // Column layout: statistics and gradient sums of a block of rows, per column
 
-// Moments of columns [j0, j0 + kChains * W) over rows [r0, r1), in registers; two passes over
-// the tile (it stays in L1). Scalar math per column: shift = mean of the block; d = x - shift;
-// mean = shift + sum(d) / n;  m2 = sum(d^2) - sum(d)^2 / n.   out: 3 doubles per column.
-template <class T>
-void tile_moments(double* out, const T* x, int64_t cols, int64_t j0, int64_t r0, int64_t r1) {
-  using V = Vec<T>;
-  constexpr int64_t kTile = kChains * V::width;
-  const double count = static_cast<double>(r1 - r0);
-
-  Chains<T> acc = Chains<T>::zero();
-  WideSum<T> tot[kChains];
-  for (auto& t : tot) t = WideSum<T>::zero();
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* xr = x + r * cols + j0;
-    for (int u = 0; u < kChains; ++u) acc.acc[u] = acc.acc[u] + V::load(xr + u * V::width);
-    if (flush_due(r, r0, r1))
-      for (int u = 0; u < kChains; ++u) {
-        tot[u].add(Wide<T>::of(acc.acc[u]));
-        acc.acc[u] = V::broadcast(T(0));
-      }
-  }
-  double sum[kTile];
-  T shift[kTile];
-  for (int u = 0; u < kChains; ++u) tot[u].store(sum + u * V::width);
-  for (int64_t j = 0; j < kTile; ++j) shift[j] = static_cast<T>(sum[j] / count);
-
-  Chains<T> acc_d = Chains<T>::zero(), acc_d2 = Chains<T>::zero();
-  WideSum<T> tot_d[kChains], tot_d2[kChains];
-  for (int u = 0; u < kChains; ++u) tot_d[u] = tot_d2[u] = WideSum<T>::zero();
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* xr = x + r * cols + j0;
-    for (int u = 0; u < kChains; ++u) {
-      const V d = V::load(xr + u * V::width) - V::load(shift + u * V::width);
-      acc_d.acc[u] = acc_d.acc[u] + d;
-      acc_d2.acc[u] = fmadd(d, d, acc_d2.acc[u]);
-    }
-    if (flush_due(r, r0, r1))
-      for (int u = 0; u < kChains; ++u) {
-        tot_d[u].add(Wide<T>::of(acc_d.acc[u]));
-        tot_d2[u].add(Wide<T>::of(acc_d2.acc[u]));
-        acc_d.acc[u] = acc_d2.acc[u] = V::broadcast(T(0));
-      }
-  }
-  double sd[kTile], sd2[kTile];
-  for (int u = 0; u < kChains; ++u) {
-    tot_d[u].store(sd + u * V::width);
-    tot_d2[u].store(sd2 + u * V::width);
-  }
-  for (int64_t j = 0; j < kTile; ++j)
-    store_moments(out + 3 * j, Moments{count, static_cast<double>(shift[j]) + sd[j] / count,
-                                       sd2[j] - sd[j] * sd[j] / count});
-}
-
-// The same for one column (the columns past the last full tile), in scalars.
+// Moments of column j over rows [r0, r1), in scalars and two passes: shift = mean of the block;
+// then the shifted sums as in tile_moments. For the columns past the last full tile, and for a
+// tile's column whose shift turned out too far from its mean.
 template <class T>
 void column_moments(double* out, const T* x, int64_t cols, int64_t j, int64_t r0, int64_t r1) {
   const double count = static_cast<double>(r1 - r0);
@@ -156,6 +105,67 @@ void column_moments(double* out, const T* x, int64_t cols, int64_t j, int64_t r0
   }
   store_moments(out,
                 Moments{count, static_cast<double>(shift) + sd / count, sd2 - sd * sd / count});
+}
+
+// Moments of columns [j0, j0 + kChains * W) over rows [r0, r1), in registers, in one pass over
+// the block after a look at its first rows (its rows are a power-of-two stride apart in wide
+// tables, so a second pass would come from L2, not L1). Scalar math per column:
+// shift = mean of the first kRowsPerFlush rows; d = x - shift;
+// mean = shift + sum(d) / n;  m2 = sum(d^2) - sum(d)^2 / n.   out: 3 doubles per column.
+// A column whose shift lands more than 2 std from its mean (outliers up front, sorted data) is
+// done again by column_moments.
+template <class T>
+void tile_moments(double* out, const T* x, int64_t cols, int64_t j0, int64_t r0, int64_t r1) {
+  using V = Vec<T>;
+  constexpr int64_t kTile = kChains * V::width;
+  const double count = static_cast<double>(r1 - r0);
+  const int64_t first_end = r1 - r0 < kRowsPerFlush ? r1 : r0 + kRowsPerFlush;
+
+  // Scalar math: shift = sum(x over the first rows) / their number
+  Chains<T> acc = Chains<T>::zero();
+  for (int64_t r = r0; r < first_end; ++r) {
+    const T* xr = x + r * cols + j0;
+    for (int u = 0; u < kChains; ++u) acc.acc[u] = acc.acc[u] + V::load(xr + u * V::width);
+  }
+  double first_sum[kTile];
+  T shift[kTile];
+  for (int u = 0; u < kChains; ++u) {
+    WideSum<T> w = WideSum<T>::zero();
+    w.add(Wide<T>::of(acc.acc[u]));
+    w.store(first_sum + u * V::width);
+  }
+  for (int64_t j = 0; j < kTile; ++j)
+    shift[j] = static_cast<T>(first_sum[j] / static_cast<double>(first_end - r0));
+
+  Chains<T> acc_d = Chains<T>::zero(), acc_d2 = Chains<T>::zero();
+  WideSum<T> tot_d[kChains], tot_d2[kChains];
+  for (int u = 0; u < kChains; ++u) tot_d[u] = tot_d2[u] = WideSum<T>::zero();
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + r * cols + j0;
+    for (int u = 0; u < kChains; ++u) {
+      const V d = V::load(xr + u * V::width) - V::load(shift + u * V::width);
+      acc_d.acc[u] = acc_d.acc[u] + d;
+      acc_d2.acc[u] = fmadd(d, d, acc_d2.acc[u]);
+    }
+    if (flush_due(r, r0, r1))
+      for (int u = 0; u < kChains; ++u) {
+        tot_d[u].add(Wide<T>::of(acc_d.acc[u]));
+        tot_d2[u].add(Wide<T>::of(acc_d2.acc[u]));
+        acc_d.acc[u] = acc_d2.acc[u] = V::broadcast(T(0));
+      }
+  }
+  double sd[kTile], sd2[kTile];
+  for (int u = 0; u < kChains; ++u) {
+    tot_d[u].store(sd + u * V::width);
+    tot_d2[u].store(sd2 + u * V::width);
+  }
+  for (int64_t j = 0; j < kTile; ++j) {
+    const Moments m = shifted_moments_of(static_cast<double>(shift[j]), sd[j], sd2[j], count);
+    if (shift_too_far(m, static_cast<double>(shift[j])))
+      column_moments(out + 3 * j, x, cols, j0 + j, r0, r1);
+    else
+      store_moments(out + 3 * j, m);
+  }
 }
 
 // Sums of dy and dy * xhat for columns [j0, j0 + kChains * W) over rows [r0, r1), with
