@@ -159,8 +159,8 @@ void group_loop(int64_t n_vec, const Step& step, const Flush& flush) {
 // once (transpose_add) instead of one horizontal sum per row; every row gets the same
 // arithmetic wherever it sits in a group.
 template <class T>
-inline void group_moments(Moments* out, const T* const (&row)[kGroup], int64_t cols,
-                          int64_t n_vec) {
+[[gnu::always_inline]] inline void group_moments(Moments* out, const T* const (&row)[kGroup],
+                                                 int64_t cols, int64_t n_vec) {
   using V = Vec<T>;
   const double count = static_cast<double>(cols);
   V acc[kGroup], acc_d2[kGroup];
@@ -534,8 +534,9 @@ void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* b
 // also added to acc_g and acc_b (per column, in T), rows in order.
 // Scalar math: xhat = (x - mean) * rstd;  g = dy * gamma
 template <class T, bool kAffine>
-inline void group_grad_sums(GradSums* sums, const BackwardArgs<T>& a, int64_t cols, int64_t n_vec,
-                            int64_t i0, int g, T* acc_g, T* acc_b) {
+[[gnu::always_inline]] inline void group_grad_sums(GradSums* sums, const BackwardArgs<T>& a,
+                                                   int64_t cols, int64_t n_vec, int64_t i0, int g,
+                                                   T* acc_g, T* acc_b) {
   using V = Vec<T>;
   constexpr int64_t kBlock = kTermsPerLane * V::width;
   GroupLanes lanes_g, lanes_gx;
