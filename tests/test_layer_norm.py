@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from checks import assert_close, check_layer_norm, numeric_grad, ref_backward, ref_forward, y_scale
 
-WIDTHS = [1, 3, 7, 15, 16, 17, 31, 33, 1000, 4099, 65537]
+WIDTHS = [1, 3, 7, 15, 16, 17, 31, 32, 33, 64, 100, 128, 255, 256, 257, 1000, 4099, 65537]
 DTYPES = [np.float32, np.float64]
 
 
@@ -15,7 +15,7 @@ DTYPES = [np.float32, np.float64]
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("offset", [0.0, 1e4], ids=["mean0", "mean1e4"])
 def test_matches_reference(isa, width, dtype, offset):
-    rows = 5 if width <= 4099 else 2
+    rows = 13 if width <= 4099 else 2  # 13: a full group of rows and a partial one
     check_layer_norm((rows, width), dtype, mean_offset=offset)
 
 
@@ -26,8 +26,9 @@ def test_tall_and_wide_shapes(isa, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_without_affine(isa, dtype):
-    check_layer_norm((9, 45), dtype, affine=False)
+@pytest.mark.parametrize("shape", [(9, 45), (19, 128), (5, 3000)], ids=str)
+def test_without_affine(isa, shape, dtype):
+    check_layer_norm(shape, dtype, affine=False)
 
 
 @pytest.mark.parametrize("which", ["gamma", "beta"])
