@@ -17,8 +17,10 @@ int get_num_threads();
 void set_num_threads(int n);  // n >= 1, else std::invalid_argument
 bool openmp_enabled();
 
-// Fewer elements than this per thread are not worth an OpenMP fork/join.
-constexpr int64_t kMinElementsPerThread = int64_t{1} << 15;
+// Fewer elements than this per thread are not worth an OpenMP fork/join: the Python package
+// lets OpenMP threads sleep between kernels (python/normkit/_openmp.py), and waking them costs
+// tens of microseconds.
+constexpr int64_t kMinElementsPerThread = int64_t{1} << 17;
 
 // Calls f(begin, end) over contiguous, disjoint ranges covering [0, n_tasks), on as many
 // threads as the work (n_tasks * elements_per_task) justifies; tiny work runs inline.

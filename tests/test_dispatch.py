@@ -22,6 +22,36 @@ def test_info_fields():
     assert isinstance(info["openmp"], bool)
 
 
+WAIT_POLICY = (
+    "import os, normkit; "
+    "print(normkit.info()['omp_wait_policy']); "
+    "print(os.environ.get('OMP_WAIT_POLICY', '-'), os.environ.get('GOMP_SPINCOUNT', '-'))"
+)
+
+
+@pytest.mark.parametrize(
+    "env, policy, left",
+    [
+        ({}, "PASSIVE (normkit default)", "- -"),
+        ({"OMP_WAIT_POLICY": "active"}, "OMP_WAIT_POLICY=active (environment)", "active -"),
+        ({"GOMP_SPINCOUNT": "1000"}, "GOMP_SPINCOUNT=1000 (environment)", "- 1000"),
+    ],
+)
+def test_openmp_wait_policy_and_environment(env, policy, left):
+    # normkit's OpenMP threads sleep between kernels unless the user says otherwise, and the
+    # environment is left as it was found.
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    result = subprocess.run(
+        [sys.executable, "-c", WAIT_POLICY],
+        capture_output=True,
+        text=True,
+        env={**base, **env},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [policy, left]
+
+
 def test_auto_picks_the_best_available():
     result = run_python(CHECK.format(isa=ISAS[-1]), {"NORMKIT_ISA": "auto"})
     assert result.returncode == 0, result.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 from importlib import metadata
 
-from . import _core
+from . import _core, _openmp
 
 
 def get_num_threads() -> int:
@@ -42,12 +42,14 @@ def _version() -> str:
 
 
 def info() -> dict:
-    """Build and runtime facts: version, active and available ISAs, threads, OpenMP."""
+    """Build and runtime facts: version, active and available ISAs, threads, OpenMP (and how
+    its threads wait between kernels), bytes held in the output buffer cache."""
     return {
         "version": _version(),
         "isa": _core.active_isa(),
         "isa_available": list(_core.available_isas()),
         "num_threads": _core.get_num_threads(),
         "openmp": bool(_core.openmp_enabled()),
+        "omp_wait_policy": _openmp.wait_policy,
         "cached_bytes": int(_core.cached_bytes()),
     }

@@ -493,8 +493,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=1,
-        help="normkit threads (default 1: these arrays are small, and a second "
-        "OpenMP thread would fight NumPy's BLAS threads for the cores)",
+        help="normkit threads (default 1: these arrays are too small to gain from more)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
