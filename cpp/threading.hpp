@@ -18,8 +18,8 @@ void set_num_threads(int n);  // n >= 1, else std::invalid_argument
 bool openmp_enabled();
 
 // Fewer elements than this per thread are not worth an OpenMP fork/join: the Python package
-// lets OpenMP threads sleep between kernels (python/normkit/_openmp.py), and waking them costs
-// tens of microseconds.
+// lets OpenMP threads sleep soon after a kernel (python/normkit/_openmp.py), and waking them
+// costs 100-200 us on a virtual machine.
 constexpr int64_t kMinElementsPerThread = int64_t{1} << 17;
 
 // Calls f(begin, end) over contiguous, disjoint ranges covering [0, n_tasks), on as many
@@ -45,6 +45,39 @@ void parallel_for(int64_t n_tasks, int64_t elements_per_task, const F& f) {
   }
 #endif
   f(0, n_tasks);
+}
+
+// first(begin, end) over ranges covering [0, n_first), then middle() once, then
+// second(begin, end) over ranges covering [0, n_second): like three calls (parallel_for,
+// a serial step, parallel_for) but in one parallel region, so sleeping threads wake once.
+// `elements` (the work of both phases) decides the thread count as in parallel_for.
+template <class First, class Middle, class Second>
+void parallel_phases(int64_t n_first, int64_t n_second, int64_t elements, const First& first,
+                     const Middle& middle, const Second& second) {
+  int64_t threads = get_num_threads();
+  const int64_t n_max = n_first > n_second ? n_first : n_second;
+  if (threads > n_max) threads = n_max;
+  if (threads > elements / kMinElementsPerThread) threads = elements / kMinElementsPerThread;
+#ifdef _OPENMP
+  if (threads > 1) {
+#pragma omp parallel num_threads(static_cast<int>(threads))
+    {
+      const int64_t team = omp_get_num_threads();
+      const int64_t t = omp_get_thread_num();
+      if (n_first * t / team < n_first * (t + 1) / team)
+        first(n_first * t / team, n_first * (t + 1) / team);
+#pragma omp barrier
+#pragma omp single
+      middle();
+      if (n_second * t / team < n_second * (t + 1) / team)
+        second(n_second * t / team, n_second * (t + 1) / team);
+    }
+    return;
+  }
+#endif
+  if (n_first > 0) first(0, n_first);
+  middle();
+  if (n_second > 0) second(0, n_second);
 }
 
 }  // namespace normkit

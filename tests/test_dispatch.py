@@ -32,14 +32,14 @@ WAIT_POLICY = (
 @pytest.mark.parametrize(
     "env, policy, left",
     [
-        ({}, "PASSIVE (normkit default)", "- -"),
+        ({}, "GOMP_SPINCOUNT=5000 (normkit default)", "- -"),
         ({"OMP_WAIT_POLICY": "active"}, "OMP_WAIT_POLICY=active (environment)", "active -"),
         ({"GOMP_SPINCOUNT": "1000"}, "GOMP_SPINCOUNT=1000 (environment)", "- 1000"),
     ],
 )
 def test_openmp_wait_policy_and_environment(env, policy, left):
-    # normkit's OpenMP threads sleep between kernels unless the user says otherwise, and the
-    # environment is left as it was found.
+    # normkit's OpenMP threads spin only briefly between kernels unless the user says
+    # otherwise, and the environment is left as it was found.
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     result = subprocess.run(
         [sys.executable, "-c", WAIT_POLICY],

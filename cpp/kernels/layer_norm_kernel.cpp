@@ -503,30 +503,34 @@ void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* b
   Workspace ws(static_cast<std::size_t>(3 * n_tasks + 2 * rows));
   double* moments = ws.data();                // (rows, n_chunks, 3)
   double* row_stats = moments + 3 * n_tasks;  // (rows, 2): mean, m2
-  parallel_for(n_tasks, kChunk, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t i = t / p.n_chunks, c = t % p.n_chunks;
-      const Moments m = chunk_moments(x + i * cols + p.chunk_begin(c), p.chunk_size(c));
-      moments[3 * t] = m.count;
-      moments[3 * t + 1] = m.mean;
-      moments[3 * t + 2] = m.m2;
-    }
-  });
-  for (int64_t i = 0; i < rows; ++i) {
-    const Moments m = row_moments_from_chunks(moments + 3 * i * p.n_chunks, p.n_chunks);
-    finish_row(i, row_scale<T>(m, eps));
-    row_stats[2 * i] = m.mean;
-    row_stats[2 * i + 1] = m.m2;
-  }
-  parallel_for(n_tasks, kChunk, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t i = t / p.n_chunks, c = t % p.n_chunks;
-      const Moments m{static_cast<double>(cols), row_stats[2 * i], row_stats[2 * i + 1]};
-      normalize<T, kStream>(y + i * cols, x + i * cols, gamma, beta, row_scale<T>(m, eps),
-                            p.chunk_begin(c), p.chunk_size(c));
-    }
-    if constexpr (kStream) stream_fence();
-  });
+  parallel_phases(
+      n_tasks, n_tasks, rows * cols,
+      [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t i = t / p.n_chunks, c = t % p.n_chunks;
+          const Moments m = chunk_moments(x + i * cols + p.chunk_begin(c), p.chunk_size(c));
+          moments[3 * t] = m.count;
+          moments[3 * t + 1] = m.mean;
+          moments[3 * t + 2] = m.m2;
+        }
+      },
+      [&] {
+        for (int64_t i = 0; i < rows; ++i) {
+          const Moments m = row_moments_from_chunks(moments + 3 * i * p.n_chunks, p.n_chunks);
+          finish_row(i, row_scale<T>(m, eps));
+          row_stats[2 * i] = m.mean;
+          row_stats[2 * i + 1] = m.m2;
+        }
+      },
+      [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t i = t / p.n_chunks, c = t % p.n_chunks;
+          const Moments m{static_cast<double>(cols), row_stats[2 * i], row_stats[2 * i + 1]};
+          normalize<T, kStream>(y + i * cols, x + i * cols, gamma, beta, row_scale<T>(m, eps),
+                                p.chunk_begin(c), p.chunk_size(c));
+        }
+        if constexpr (kStream) stream_fence();
+      });
 }
 
 // Backward sums of the g <= kGroup rows from row i0, side by side (see group_moments):
