@@ -25,7 +25,9 @@ namespace NORMKIT_CPU_NS {
 namespace {
 
 constexpr int64_t kMaxRowBlocks = 128;
-constexpr int64_t kMinBlockRows = 16;  // rows summed in T before float64 (backward)
+// Rows whose dgamma/dbeta contributions are summed in T before going to the float64 partials
+// (backward); a row block holds at least that many.
+constexpr int64_t kRowsPerFlush = 16;
 
 struct Plan {
   int64_t rows, cols, n_chunks, rows_per_block, n_blocks;
@@ -36,7 +38,7 @@ struct Plan {
         n_chunks((cols_ + kChunk - 1) / kChunk),
         rows_per_block((rows_ + kMaxRowBlocks - 1) / kMaxRowBlocks),
         n_blocks(0) {
-    if (rows_per_block < kMinBlockRows) rows_per_block = kMinBlockRows;
+    if (rows_per_block < kRowsPerFlush) rows_per_block = kRowsPerFlush;
     n_blocks = (rows + rows_per_block - 1) / rows_per_block;
   }
   int64_t chunk_begin(int64_t c) const { return c * kChunk; }
@@ -317,9 +319,6 @@ struct BackwardArgs {
   double* dgamma_part;  // n_blocks x cols, or nullptr without gamma
   double* dbeta_part;
 };
-
-// Rows whose dgamma/dbeta contributions are summed in T before going to the float64 partials.
-constexpr int64_t kRowsPerFlush = kMinBlockRows;
 
 bool flush_due(const Plan& p, int64_t block, int64_t row) {
   return (row - p.block_begin(block) + 1) % kRowsPerFlush == 0 || row + 1 == p.block_end(block);
