@@ -221,6 +221,43 @@ struct GradSums {
   double g, g_xhat;  // sum(g), sum(g * xhat) over a chunk or row
 };
 
+// One vector of the first backward pass at column j: returns g and sets xhat; with kAffine
+// also adds dy * xhat and dy to the T accumulators dgamma_acc and dbeta_acc.
+// Scalar math: xhat = (x - mean) * rstd;  g = dy * gamma
+template <class T, bool kAffine>
+inline Vec<T> grad_step(Vec<T>& xhat, T* dgamma_acc, T* dbeta_acc, const T* dy, const T* x,
+                        const T* gamma, Vec<T> mean, Vec<T> rstd, int64_t j) {
+  using V = Vec<T>;
+  xhat = (V::load(x + j) - mean) * rstd;
+  const V d = V::load(dy + j);
+  if constexpr (kAffine) {
+    fmadd(d, xhat, V::load(dgamma_acc + j)).store(dgamma_acc + j);
+    (V::load(dbeta_acc + j) + d).store(dbeta_acc + j);
+    return d * V::load(gamma + j);
+  } else {
+    return d;
+  }
+}
+
+// The same for the columns [j0, n) past the last full vector, one by one, sums in float64.
+template <class T, bool kAffine>
+GradSums tail_grad_sums(T* dgamma_acc, T* dbeta_acc, const T* dy, const T* x, const T* gamma,
+                        T mean, T rstd, int64_t j0, int64_t n) {
+  double sum_g = 0.0, sum_gx = 0.0;
+  for (int64_t j = j0; j < n; ++j) {
+    const T xhat = (x[j] - mean) * rstd;
+    T g = dy[j];
+    if constexpr (kAffine) {
+      g = dy[j] * gamma[j];
+      dgamma_acc[j] = fma_scalar(dy[j], xhat, dgamma_acc[j]);
+      dbeta_acc[j] += dy[j];
+    }
+    sum_g += static_cast<double>(g);
+    sum_gx += static_cast<double>(g) * static_cast<double>(xhat);
+  }
+  return {sum_g, sum_gx};
+}
+
 // First backward pass over one chunk of a row; with kAffine also adds this row's dgamma/dbeta
 // contribution to the partial rows dgamma_acc/dbeta_acc (in T, flushed to float64 every few
 // rows by flush_param_partials).
@@ -239,14 +276,9 @@ GradSums chunk_grad_sums(T* dgamma_acc, T* dbeta_acc, const T* dy, const T* x, c
     blocked_loop<T, kC>(
         n_vec,
         [&](int64_t j, int u) {
-          const V xhat = (V::load(x + j) - mean_v) * rstd_v;
-          const V d = V::load(dy + j);
-          V g = d;
-          if constexpr (kAffine) {
-            g = d * V::load(gamma + j);
-            fmadd(d, xhat, V::load(dgamma_acc + j)).store(dgamma_acc + j);
-            (V::load(dbeta_acc + j) + d).store(dbeta_acc + j);
-          }
+          V xhat;
+          const V g =
+              grad_step<T, kAffine>(xhat, dgamma_acc, dbeta_acc, dy, x, gamma, mean_v, rstd_v, j);
           sum_g.acc[u] = sum_g.acc[u] + g;
           sum_gx.acc[u] = fmadd(g, xhat, sum_gx.acc[u]);
         },
@@ -255,19 +287,9 @@ GradSums chunk_grad_sums(T* dgamma_acc, T* dbeta_acc, const T* dy, const T* x, c
           sum_gx.flush_into(total_gx);
         });
   });
-  double tail_g = 0.0, tail_gx = 0.0;
-  for (int64_t j = n_vec; j < n; ++j) {
-    const T xhat = (x[j] - mean) * rstd;
-    T g = dy[j];
-    if constexpr (kAffine) {
-      g = dy[j] * gamma[j];
-      dgamma_acc[j] = fma_scalar(dy[j], xhat, dgamma_acc[j]);
-      dbeta_acc[j] += dy[j];
-    }
-    tail_g += static_cast<double>(g);
-    tail_gx += static_cast<double>(g) * static_cast<double>(xhat);
-  }
-  return {total_g.total() + tail_g, total_gx.total() + tail_gx};
+  const GradSums tail =
+      tail_grad_sums<T, kAffine>(dgamma_acc, dbeta_acc, dy, x, gamma, mean, rstd, n_vec, n);
+  return {total_g.total() + tail.g, total_gx.total() + tail.g_xhat};
 }
 
 // part += acc (widened to float64); acc = 0.
@@ -552,14 +574,8 @@ template <class T, bool kAffine>
       const int64_t j1 = j0 + kBlock < n_vec ? j0 + kBlock : n_vec;
       V sum_g = V::broadcast(T(0)), sum_gx = V::broadcast(T(0));
       for (int64_t j = j0; j < j1; j += V::width) {
-        const V xhat = (V::load(x + j) - mean_v) * rstd_v;
-        const V d = V::load(dy + j);
-        V gj = d;
-        if constexpr (kAffine) {
-          gj = d * V::load(a.gamma + j);
-          fmadd(d, xhat, V::load(acc_g + j)).store(acc_g + j);
-          (V::load(acc_b + j) + d).store(acc_b + j);
-        }
+        V xhat;
+        const V gj = grad_step<T, kAffine>(xhat, acc_g, acc_b, dy, x, a.gamma, mean_v, rstd_v, j);
         sum_g = sum_g + gj;
         sum_gx = fmadd(gj, xhat, sum_gx);
       }
@@ -571,22 +587,10 @@ template <class T, bool kAffine>
   transpose_add(lanes_g).store(total_g);
   transpose_add(lanes_gx).store(total_gx);
   for (int r = 0; r < g; ++r) {
-    const T* x = a.x + (i0 + r) * cols;
-    const T* dy = a.dy + (i0 + r) * cols;
-    const T mean = a.mean[i0 + r], rstd = a.rstd[i0 + r];
-    double tail_g = 0.0, tail_gx = 0.0;
-    for (int64_t j = n_vec; j < cols; ++j) {
-      const T xhat = (x[j] - mean) * rstd;
-      T gj = dy[j];
-      if constexpr (kAffine) {
-        gj = dy[j] * a.gamma[j];
-        acc_g[j] = fma_scalar(dy[j], xhat, acc_g[j]);
-        acc_b[j] += dy[j];
-      }
-      tail_g += static_cast<double>(gj);
-      tail_gx += static_cast<double>(gj) * static_cast<double>(xhat);
-    }
-    sums[r] = {total_g[r] + tail_g, total_gx[r] + tail_gx};
+    const int64_t off = (i0 + r) * cols;
+    const GradSums tail = tail_grad_sums<T, kAffine>(acc_g, acc_b, a.dy + off, a.x + off, a.gamma,
+                                                     a.mean[i0 + r], a.rstd[i0 + r], n_vec, cols);
+    sums[r] = {total_g[r] + tail.g, total_gx[r] + tail.g_xhat};
   }
 }
 
