@@ -31,6 +31,28 @@ def test_without_affine(isa, shape, dtype):
     check_layer_norm(shape, dtype, affine=False)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [16, 33, 64, 100, 128, 256, 1000])
+@pytest.mark.parametrize("pattern", ["sorted", "outliers_first", "spike_first"])
+def test_rows_starting_far_from_their_mean(isa, width, dtype, pattern):
+    # Each row's statistics are taken around a shift from its first values; rows whose first
+    # values are far from the mean (sorted data, an outlying first block, one huge first
+    # value) must come out as exact as any other, also at mean 1e4 x std.
+    rng = np.random.default_rng(width)
+    x = 1e4 + rng.standard_normal((13, width))
+    if pattern == "sorted":
+        x = np.sort(x, axis=1)
+    elif pattern == "outliers_first":
+        x[:, :16] += 1e3
+    else:
+        x[:, 0] = 1e6
+    x = x.astype(dtype)
+    y, mean, rstd = normkit.layer_norm_forward(x)
+    y_ref, mean_ref, rstd_ref = ref_forward(x, None, None)
+    assert_close(y, y_ref, dtype, "y", scale=y_scale(y_ref, mean_ref, rstd_ref, dtype))
+    assert_close(rstd, rstd_ref, dtype, "rstd")
+
+
 @pytest.mark.parametrize("which", ["gamma", "beta"])
 def test_gamma_only_or_beta_only(rng, which):
     x = rng.standard_normal((6, 19))

@@ -78,6 +78,27 @@ RowScale<T> row_scale(const Moments& m, double eps) {
   return {hi, static_cast<T>(rstd), static_cast<T>(-(m.mean - static_cast<double>(hi)) * rstd)};
 }
 
+// row_scale of n <= Vec<double>::width rows at once: their divisions and square roots go
+// side by side in one vector instead of one long dependency chain per row (same bits).
+template <class T>
+void row_scales(RowScale<T>* s, const Moments* m, int n, double eps) {
+  using D = Vec<double>;
+  double m2[D::width], count[D::width], var[D::width], rstd[D::width];
+  for (int r = 0; r < D::width; ++r) {
+    m2[r] = r < n ? m[r].m2 : 0.0;
+    count[r] = r < n ? m[r].count : 1.0;
+  }
+  (D::load(m2) / D::load(count)).store(var);
+  for (int r = 0; r < D::width; ++r)
+    var[r] = (var[r] < 0.0 ? 0.0 : var[r]) + eps;  // rounding; NaN passes
+  (D::broadcast(1.0) / sqrt(D::load(var))).store(rstd);
+  for (int r = 0; r < n; ++r) {
+    const T hi = static_cast<T>(m[r].mean);
+    s[r] = {hi, static_cast<T>(rstd[r]),
+            static_cast<T>(-(m[r].mean - static_cast<double>(hi)) * rstd[r])};
+  }
+}
+
 // Scalar math: y = ((x - mean_hi) * rstd + offset) * gamma + beta   (gamma, beta optional)
 template <class T, bool kGamma, bool kBeta, bool kStream>
 void normalize_chunk(T* y, const T* x, const T* gamma, const T* beta, RowScale<T> s, int64_t n) {
@@ -155,50 +176,63 @@ void group_loop(int64_t n_vec, const Step& step, const Flush& flush) {
   }
 }
 
-// Moments of the kGroup rows row[r] (cols values each), from two passes over each row while it
-// sits in L1: a rough mean (sums in T, widened every kTermsPerLane terms), then the sums of
-// d = x - rough mean and d^2 as in shifted_moments. The group's lane sums are reduced all at
-// once (transpose_add) instead of one horizontal sum per row; every row gets the same
+// Moments of the kGroup rows row[r] (cols values each, the first n_vec of them whole vectors;
+// kVectors > 0: exactly kVectors vectors), from one shifted pass over each row as in
+// chunk_moments: the shift is the mean of the row's first vector (its first value if
+// shorter), then the sums of d = x - shift and d^2 (pairwise trees of vectors for kVectors > 0,
+// else chains in T widened every kTermsPerLane terms). The group's lane sums are reduced all
+// at once (transpose_add) instead of one horizontal sum per row; every row gets the same
 // arithmetic wherever it sits in a group.
-template <class T>
+template <class T, int64_t kVectors>
 [[gnu::always_inline]] inline void group_moments(Moments* out, const T* const (&row)[kGroup],
                                                  int64_t cols, int64_t n_vec) {
   using V = Vec<T>;
   const double count = static_cast<double>(cols);
   V acc[kGroup], acc_d2[kGroup];
   GroupLanes lanes, lanes_d2;
-  double sum[kGroup], sum_d[kGroup], sum_d2[kGroup];
+  double sum_d[kGroup], sum_d2[kGroup];
 
-  // Scalar math: sum = sum(x)
-  for (int r = 0; r < kGroup; ++r) {
-    acc[r] = acc_d2[r] = V::broadcast(T(0));
-    lanes[r] = Vec<double>::broadcast(0.0);
-  }
-  group_loop<T>(
-      n_vec, [&](int64_t j, int r) { acc[r] = acc[r] + V::load(row[r] + j); },
-      [&] { flush_group(lanes, acc); });
-  transpose_add(lanes).store(sum);
+  // Scalar math: shift = mean(x[0 .. width))
   T shift[kGroup];
   V shift_v[kGroup];
+  if (n_vec > 0) {
+    double first[kGroup];
+    for (int r = 0; r < kGroup; ++r) lanes[r] = Wide<T>::of(V::load(row[r])).folded();
+    transpose_add(lanes).store(first);
+    for (int r = 0; r < kGroup; ++r) shift[r] = static_cast<T>(first[r] / V::width);
+  } else {
+    for (int r = 0; r < kGroup; ++r) shift[r] = row[r][0];
+  }
   for (int r = 0; r < kGroup; ++r) {
-    for (int64_t j = n_vec; j < cols; ++j) sum[r] += static_cast<double>(row[r][j]);
-    shift[r] = static_cast<T>(sum[r] / count);
     shift_v[r] = V::broadcast(shift[r]);
+    acc[r] = acc_d2[r] = V::broadcast(T(0));
     lanes[r] = lanes_d2[r] = Vec<double>::broadcast(0.0);
   }
 
   // Scalar math: d = x - shift;  sum_d = sum(d);  sum_d2 = sum(d * d)
-  group_loop<T>(
-      n_vec,
-      [&](int64_t j, int r) {
-        const V d = V::load(row[r] + j) - shift_v[r];
-        acc[r] = acc[r] + d;
-        acc_d2[r] = fmadd(d, d, acc_d2[r]);
-      },
-      [&] {
-        flush_group(lanes, acc);
-        flush_group(lanes_d2, acc_d2);
-      });
+  if constexpr (kVectors > 0) {
+    for (int r = 0; r < kGroup; ++r) {
+      V d[kVectors], d2[kVectors];
+      for (int k = 0; k < kVectors; ++k) {
+        d[k] = V::load(row[r] + k * V::width) - shift_v[r];
+        d2[k] = d[k] * d[k];
+      }
+      lanes[r] = Wide<T>::of(tree_sum(d)).folded();
+      lanes_d2[r] = Wide<T>::of(tree_sum(d2)).folded();
+    }
+  } else {
+    group_loop<T>(
+        n_vec,
+        [&](int64_t j, int r) {
+          const V d = V::load(row[r] + j) - shift_v[r];
+          acc[r] = acc[r] + d;
+          acc_d2[r] = fmadd(d, d, acc_d2[r]);
+        },
+        [&] {
+          flush_group(lanes, acc);
+          flush_group(lanes_d2, acc_d2);
+        });
+  }
   transpose_add(lanes).store(sum_d);
   transpose_add(lanes_d2).store(sum_d2);
   for (int r = 0; r < kGroup; ++r) {
@@ -208,7 +242,7 @@ template <class T>
       sum_d2[r] += d * d;
     }
     out[r] = shifted_moments_of(static_cast<double>(shift[r]), sum_d[r], sum_d2[r], count);
-    // A rough mean more than 2 std off (cancelling huge values): start again around the mean.
+    // A shift more than 2 std off (outliers up front, sorted data): again around the mean.
     if (shift_too_far(out[r], static_cast<double>(shift[r])))
       out[r] = shifted_moments(row[r], cols, static_cast<T>(out[r].mean));
   }
@@ -445,14 +479,17 @@ void forward_short_rows_of(T* y, T* mean, T* rstd, const T* x, const T* gamma, c
       cols % Vec<T>::width == 0 && reinterpret_cast<std::uintptr_t>(y) % kVecBytes == 0;
   parallel_for(n_groups, kGroup * cols, [&](int64_t g0, int64_t g1) {
     Moments m[kGroup];
+    RowScale<T> scales[kGroup];
     const T* row[kGroup];
     for (int64_t group = g0; group < g1; ++group) {
       const int64_t r0 = group * kGroup;
       for (int r = 0; r < kGroup; ++r)  // past the last row, row r0 again (not used)
         row[r] = x + (r0 + r < rows ? r0 + r : r0) * cols;
-      group_moments(m, row, cols, n_vec);
-      for (int r = 0; r < kGroup && r0 + r < rows; ++r) {
-        const RowScale<T> s = row_scale<T>(m[r], eps);
+      group_moments<T, kVectors>(m, row, cols, n_vec);
+      const int n = static_cast<int>(rows - r0 < kGroup ? rows - r0 : kGroup);
+      row_scales(scales, m, n, eps);
+      for (int r = 0; r < n; ++r) {
+        const RowScale<T>& s = scales[r];
         T* y_row = y + (r0 + r) * cols;
         mean[r0 + r] = s.mean_hi;
         rstd[r0 + r] = s.rstd;
