@@ -166,7 +166,7 @@ void flush_group(GroupLanes& lanes, Vec<T> (&acc)[kGroup]) {
 // columns, block of kTermsPerLane vectors by block and row by row within a block, and flush()
 // after every block (of all rows).
 template <class T, class Step, class Flush>
-void group_loop(int64_t n_vec, const Step& step, const Flush& flush) {
+[[gnu::always_inline]] inline void group_loop(int64_t n_vec, const Step& step, const Flush& flush) {
   constexpr int64_t kBlock = kTermsPerLane * Vec<T>::width;
   for (int64_t j0 = 0; j0 < n_vec; j0 += kBlock) {
     const int64_t j1 = j0 + kBlock < n_vec ? j0 + kBlock : n_vec;
@@ -439,8 +439,6 @@ bool stream_output(int64_t rows, int64_t cols) {
   return rows * cols * int64_t{sizeof(T)} >= stream_threshold_bytes();
 }
 
-// Rows of at most kShortRowBytes, kGroup at a time. kVectors > 0: rows are exactly kVectors
-// vectors long (the loops then unroll); 0: any length.
 // One short row: y = ((x - mean_hi) * rstd + offset) * gamma + beta, the first n_vec columns
 // as vectors (streamed with kStream: y aligned to the vector size), the rest one by one.
 template <class T, bool kStream>
@@ -459,8 +457,23 @@ inline void normalize_short_row(T* y, const T* x, const T* gamma, const T* beta,
     y[j] = fma_scalar(fma_scalar(x[j] - s.mean_hi, s.rstd, s.offset), gamma[j], beta[j]);
 }
 
+// The same for a row of exactly kVectors vectors, gamma and beta held in registers.
+template <class T, bool kStream, int64_t kVectors>
+inline void normalize_held_row(T* y, const T* x, const Vec<T> (&gamma)[kVectors],
+                               const Vec<T> (&beta)[kVectors], const RowScale<T>& s) {
+  using V = Vec<T>;
+  const V hi = V::broadcast(s.mean_hi), r = V::broadcast(s.rstd), off = V::broadcast(s.offset);
+  for (int64_t k = 0; k < kVectors; ++k) {
+    const V v = fmadd(fmadd(V::load(x + k * V::width) - hi, r, off), gamma[k], beta[k]);
+    if constexpr (kStream)
+      v.stream(y + k * V::width);
+    else
+      v.store(y + k * V::width);
+  }
+}
+
 // Rows of at most kShortRowBytes, kGroup at a time. kVectors > 0: rows are exactly kVectors
-// vectors long (the loops then unroll); 0: any length.
+// vectors long (the loops then unroll, gamma and beta stay in registers); 0: any length.
 template <class T, bool kStream, int64_t kVectors>
 void forward_short_rows_of(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
                            int64_t rows, int64_t cols, double eps) {
@@ -481,6 +494,12 @@ void forward_short_rows_of(T* y, T* mean, T* rstd, const T* x, const T* gamma, c
     Moments m[kGroup];
     RowScale<T> scales[kGroup];
     const T* row[kGroup];
+    constexpr int64_t kHeld = kVectors > 0 ? kVectors : 1;
+    Vec<T> gamma_v[kHeld], beta_v[kHeld];
+    for (int64_t k = 0; kVectors > 0 && k < kHeld; ++k) {
+      gamma_v[k] = Vec<T>::load(gamma + k * Vec<T>::width);
+      beta_v[k] = Vec<T>::load(beta + k * Vec<T>::width);
+    }
     for (int64_t group = g0; group < g1; ++group) {
       const int64_t r0 = group * kGroup;
       for (int r = 0; r < kGroup; ++r)  // past the last row, row r0 again (not used)
@@ -493,12 +512,12 @@ void forward_short_rows_of(T* y, T* mean, T* rstd, const T* x, const T* gamma, c
         T* y_row = y + (r0 + r) * cols;
         mean[r0 + r] = s.mean_hi;
         rstd[r0 + r] = s.rstd;
-        if (!kStream)
-          normalize_short_row<T, false>(y_row, row[r], gamma, beta, s, n_vec, cols);
-        else if (aligned_rows)
-          normalize_short_row<T, true>(y_row, row[r], gamma, beta, s, n_vec, cols);
-        else  // each row streamed after its own aligning head
+        if (kStream && !aligned_rows)  // each row streamed after its own aligning head
           normalize<T, true>(y_row, row[r], gamma, beta, s, 0, cols);
+        else if constexpr (kVectors > 0)
+          normalize_held_row<T, kStream>(y_row, row[r], gamma_v, beta_v, s);
+        else
+          normalize_short_row<T, kStream>(y_row, row[r], gamma, beta, s, n_vec, cols);
       }
     }
     if constexpr (kStream) stream_fence();
@@ -514,8 +533,6 @@ void forward_short_rows(T* y, T* mean, T* rstd, const T* x, const T* gamma, cons
       return forward_short_rows_of<T, kStream, 4>(y, mean, rstd, x, gamma, beta, rows, cols, eps);
     case 8:
       return forward_short_rows_of<T, kStream, 8>(y, mean, rstd, x, gamma, beta, rows, cols, eps);
-    case 16:
-      return forward_short_rows_of<T, kStream, 16>(y, mean, rstd, x, gamma, beta, rows, cols, eps);
     default:
       return forward_short_rows_of<T, kStream, 0>(y, mean, rstd, x, gamma, beta, rows, cols, eps);
   }
