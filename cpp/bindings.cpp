@@ -13,6 +13,7 @@
 #include "batch_norm.hpp"
 #include "buffer_pool.hpp"
 #include "copy.hpp"
+#include "cpu_features.hpp"
 #include "dispatch.hpp"
 #include "layer_norm.hpp"
 #include "threading.hpp"
@@ -233,6 +234,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("release_cached_memory", &normkit::pool_release_cached,
         "Free the idle cached output buffers; returns the bytes freed.");
   m.def("cached_bytes", &normkit::pool_cached_bytes);
+  m.def("stream_threshold_bytes", &normkit::stream_threshold_bytes,
+        "Outputs of at least this many bytes are written with streaming (non-temporal) stores.");
   m.def(
       "copy",
       [](py::array& dst, const py::array& src) {

@@ -20,6 +20,7 @@ def test_info_fields():
     assert info["isa_available"][0] == "baseline"
     assert info["version"] == normkit.__version__
     assert isinstance(info["openmp"], bool)
+    assert 8 << 20 <= info["stream_threshold_bytes"] <= 64 << 20
 
 
 WAIT_POLICY = (

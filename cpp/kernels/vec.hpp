@@ -203,6 +203,26 @@ inline double reduce_add(Vec<double> a) {
 #endif
 }
 
+// The lanes of one Vec<double> added along transpose_add's tree, pairs of neighbours first:
+// the same bits as that vector's lane of transpose_add.
+inline double pairwise_add(Vec<double> a) {
+#if defined(__AVX512F__)
+  const __m512d pairs = _mm512_add_pd(a.v, _mm512_permute_pd(a.v, 0x55));  // l0 + l1, ...
+  const __m512d quads =
+      _mm512_add_pd(pairs, _mm512_shuffle_f64x2(pairs, pairs, _MM_SHUFFLE(2, 3, 0, 1)));
+  const __m512d all =
+      _mm512_add_pd(quads, _mm512_shuffle_f64x2(quads, quads, _MM_SHUFFLE(1, 0, 3, 2)));
+  return _mm512_cvtsd_f64(all);
+#elif defined(__AVX2__)
+  const __m256d pairs = _mm256_add_pd(a.v, _mm256_permute_pd(a.v, 0x5));
+  return _mm_cvtsd_f64(_mm_add_pd(_mm256_castpd256_pd128(pairs), _mm256_extractf128_pd(pairs, 1)));
+#elif defined(__SSE2__)
+  return _mm_cvtsd_f64(_mm_add_sd(a.v, _mm_unpackhi_pd(a.v, a.v)));
+#else
+  return a.v;
+#endif
+}
+
 // The horizontal sums of Vec<double>::width vectors at once: lane r of the result is the sum
 // of the lanes of a[r]. Every lane is added along the same fixed tree, pairs of neighbours
 // first ((l0 + l1) + (l2 + l3)) + ..., whichever position its vector has in a.

@@ -43,7 +43,9 @@ def _version() -> str:
 
 def info() -> dict:
     """Build and runtime facts: version, active and available ISAs, threads, OpenMP (and how
-    its threads wait between kernels), bytes held in the output buffer cache."""
+    its threads wait between kernels), bytes held in the output buffer cache, and the output
+    size from which kernels write with streaming stores (bypassing the caches; a quarter of the
+    last-level cache, within 8-64 MiB)."""
     return {
         "version": _version(),
         "isa": _core.active_isa(),
@@ -52,4 +54,5 @@ def info() -> dict:
         "openmp": bool(_core.openmp_enabled()),
         "omp_wait_policy": _openmp.wait_policy,
         "cached_bytes": int(_core.cached_bytes()),
+        "stream_threshold_bytes": int(_core.stream_threshold_bytes()),
     }
