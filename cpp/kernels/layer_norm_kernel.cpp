@@ -78,27 +78,6 @@ RowScale<T> row_scale(const Moments& m, double eps) {
   return {hi, static_cast<T>(rstd), static_cast<T>(-(m.mean - static_cast<double>(hi)) * rstd)};
 }
 
-// row_scale of n <= Vec<double>::width rows at once: their divisions and square roots go
-// side by side in one vector instead of one long dependency chain per row (same bits).
-template <class T>
-void row_scales(RowScale<T>* s, const Moments* m, int n, double eps) {
-  using D = Vec<double>;
-  double m2[D::width], count[D::width], var[D::width], rstd[D::width];
-  for (int r = 0; r < D::width; ++r) {
-    m2[r] = r < n ? m[r].m2 : 0.0;
-    count[r] = r < n ? m[r].count : 1.0;
-  }
-  (D::load(m2) / D::load(count)).store(var);
-  for (int r = 0; r < D::width; ++r)
-    var[r] = (var[r] < 0.0 ? 0.0 : var[r]) + eps;  // rounding; NaN passes
-  (D::broadcast(1.0) / sqrt(D::load(var))).store(rstd);
-  for (int r = 0; r < n; ++r) {
-    const T hi = static_cast<T>(m[r].mean);
-    s[r] = {hi, static_cast<T>(rstd[r]),
-            static_cast<T>(-(m[r].mean - static_cast<double>(hi)) * rstd[r])};
-  }
-}
-
 // Scalar math: y = ((x - mean_hi) * rstd + offset) * gamma + beta   (gamma, beta optional)
 template <class T, bool kGamma, bool kBeta, bool kStream>
 void normalize_chunk(T* y, const T* x, const T* gamma, const T* beta, RowScale<T> s, int64_t n) {
@@ -511,7 +490,6 @@ void forward_short_rows_of(T* y, T* mean, T* rstd, const T* x, const T* gamma, c
       cols % Vec<T>::width == 0 && reinterpret_cast<std::uintptr_t>(y) % kVecBytes == 0;
   parallel_for(n_groups, kGroup * cols, [&](int64_t g0, int64_t g1) {
     Moments m[kGroup];
-    RowScale<T> scales[kGroup];
     const T* row[kGroup];
     constexpr int64_t kHeld = kVectors > 0 ? kVectors : 1;
     Vec<T> gamma_v[kHeld], beta_v[kHeld];
@@ -524,10 +502,8 @@ void forward_short_rows_of(T* y, T* mean, T* rstd, const T* x, const T* gamma, c
       for (int r = 0; r < kGroup; ++r)  // past the last row, row r0 again (not used)
         row[r] = x + (r0 + r < rows ? r0 + r : r0) * cols;
       group_moments<T, kVectors, kStream>(m, row, cols, n_vec);
-      const int n = static_cast<int>(rows - r0 < kGroup ? rows - r0 : kGroup);
-      row_scales(scales, m, n, eps);
-      for (int r = 0; r < n; ++r) {
-        const RowScale<T>& s = scales[r];
+      for (int r = 0; r < kGroup && r0 + r < rows; ++r) {
+        const RowScale<T> s = row_scale<T>(m[r], eps);
         T* y_row = y + (r0 + r) * cols;
         mean[r0 + r] = s.mean_hi;
         rstd[r0 + r] = s.rstd;
