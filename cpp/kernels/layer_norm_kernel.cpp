@@ -254,21 +254,39 @@ struct GradSums {
 };
 
 // One vector of the first backward pass at column j: returns g and sets xhat; with kAffine
-// also adds dy * xhat and dy to the T accumulators dgamma_acc and dbeta_acc.
+// also adds dy * xhat and dy to the accumulators dgamma_acc and dbeta_acc (in T).
 // Scalar math: xhat = (x - mean) * rstd;  g = dy * gamma
 template <class T, bool kAffine>
-inline Vec<T> grad_step(Vec<T>& xhat, T* dgamma_acc, T* dbeta_acc, const T* dy, const T* x,
-                        const T* gamma, Vec<T> mean, Vec<T> rstd, int64_t j) {
+inline Vec<T> grad_step(Vec<T>& xhat, Vec<T>& dgamma_acc, Vec<T>& dbeta_acc, const T* dy,
+                        const T* x, const T* gamma, Vec<T> mean, Vec<T> rstd, int64_t j) {
   using V = Vec<T>;
   xhat = (V::load(x + j) - mean) * rstd;
   const V d = V::load(dy + j);
   if constexpr (kAffine) {
-    fmadd(d, xhat, V::load(dgamma_acc + j)).store(dgamma_acc + j);
-    (V::load(dbeta_acc + j) + d).store(dbeta_acc + j);
+    dgamma_acc = fmadd(d, xhat, dgamma_acc);
+    dbeta_acc = dbeta_acc + d;
     return d * V::load(gamma + j);
   } else {
     return d;
   }
+}
+
+// grad_step with the accumulators in memory, at dgamma_acc + j and dbeta_acc + j.
+template <class T, bool kAffine>
+inline Vec<T> grad_step(Vec<T>& xhat, T* dgamma_acc, T* dbeta_acc, const T* dy, const T* x,
+                        const T* gamma, Vec<T> mean, Vec<T> rstd, int64_t j) {
+  using V = Vec<T>;
+  V acc_g = V::broadcast(T(0)), acc_b = acc_g;
+  if constexpr (kAffine) {
+    acc_g = V::load(dgamma_acc + j);
+    acc_b = V::load(dbeta_acc + j);
+  }
+  const V g = grad_step<T, kAffine>(xhat, acc_g, acc_b, dy, x, gamma, mean, rstd, j);
+  if constexpr (kAffine) {
+    acc_g.store(dgamma_acc + j);
+    acc_b.store(dbeta_acc + j);
+  }
+  return g;
 }
 
 // The same for the columns [j0, n) past the last full vector, one by one, sums in float64.
@@ -607,7 +625,10 @@ void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* b
 // sums[r] = (sum(g), sum(g * xhat)) of row i0 + r. With kAffine, each row's dy * xhat and dy are
 // also added to acc_g and acc_b (per column, in T), rows in order.
 // Scalar math: xhat = (x - mean) * rstd;  g = dy * gamma
-template <class T, bool kAffine>
+// kVectors > 0 (rows of exactly that many vectors) keeps the group's accumulators in registers,
+// where they fit beside the loop's own, instead of loading and storing them for every row
+// (same arithmetic, same order).
+template <class T, bool kAffine, int64_t kVectors>
 [[gnu::always_inline]] inline void group_grad_sums(GradSums* sums, const BackwardArgs<T>& a,
                                                    int64_t cols, int64_t n_vec, int64_t i0, int g,
                                                    T* acc_g, T* acc_b) {
@@ -615,7 +636,36 @@ template <class T, bool kAffine>
   constexpr int64_t kBlock = kTermsPerLane * V::width;
   GroupLanes lanes_g, lanes_gx;
   for (int r = 0; r < kGroup; ++r) lanes_g[r] = lanes_gx[r] = Vec<double>::broadcast(0.0);
-  for (int r = 0; r < g; ++r) {
+  constexpr bool kInRegisters = kVectors > 0 && 4 * kVectors <= kVectorRegisters;
+  if constexpr (kInRegisters) {
+    static_assert(kVectors * V::width <= kBlock, "a row is one block");
+    V held_g[kVectors], held_b[kVectors];
+    for (int k = 0; k < kVectors; ++k) {
+      held_g[k] = kAffine ? V::load(acc_g + k * V::width) : V::broadcast(T(0));
+      held_b[k] = kAffine ? V::load(acc_b + k * V::width) : V::broadcast(T(0));
+    }
+    for (int r = 0; r < g; ++r) {
+      const T* x = a.x + (i0 + r) * cols;
+      const T* dy = a.dy + (i0 + r) * cols;
+      const V mean_v = V::broadcast(a.mean[i0 + r]), rstd_v = V::broadcast(a.rstd[i0 + r]);
+      V sum_g = V::broadcast(T(0)), sum_gx = V::broadcast(T(0));
+      for (int k = 0; k < kVectors; ++k) {
+        V xhat;
+        const V gj = grad_step<T, kAffine>(xhat, held_g[k], held_b[k], dy, x, a.gamma, mean_v,
+                                           rstd_v, k * V::width);
+        sum_g = sum_g + gj;
+        sum_gx = fmadd(gj, xhat, sum_gx);
+      }
+      lanes_g[r] = Wide<T>::of(sum_g).folded();
+      lanes_gx[r] = Wide<T>::of(sum_gx).folded();
+    }
+    if constexpr (kAffine)
+      for (int k = 0; k < kVectors; ++k) {
+        held_g[k].store(acc_g + k * V::width);
+        held_b[k].store(acc_b + k * V::width);
+      }
+  }
+  for (int r = 0; r < g && !kInRegisters; ++r) {
     const T* x = a.x + (i0 + r) * cols;
     const T* dy = a.dy + (i0 + r) * cols;
     const V mean_v = V::broadcast(a.mean[i0 + r]), rstd_v = V::broadcast(a.rstd[i0 + r]);
@@ -664,13 +714,13 @@ void backward_short_rows_of(const BackwardArgs<T>& a, const Plan& p) {
       for (int64_t i0 = p.block_begin(b); i0 < p.block_end(b); i0 += kGroup) {
         const int g = static_cast<int>(p.block_end(b) - i0 < kGroup ? p.block_end(b) - i0 : kGroup);
         if (affine) {
-          group_grad_sums<T, true>(sums, a, cols, n_vec, i0, g, acc_g, acc_b);
+          group_grad_sums<T, true, kVectors>(sums, a, cols, n_vec, i0, g, acc_g, acc_b);
           if (flush_due(p, b, i0 + g - 1)) {
             flush_param_partials(a.dgamma_part + b * cols, acc_g, cols);
             flush_param_partials(a.dbeta_part + b * cols, acc_b, cols);
           }
         } else {
-          group_grad_sums<T, false>(sums, a, cols, n_vec, i0, g, nullptr, nullptr);
+          group_grad_sums<T, false, kVectors>(sums, a, cols, n_vec, i0, g, nullptr, nullptr);
         }
         for (int r = 0; r < g; ++r) dx_chunk<T, kStream>(a, p, i0 + r, 0, sums[r]);
       }

@@ -20,6 +20,14 @@ namespace NORMKIT_CPU_NS {
 template <class T>
 struct Vec;
 
+// Vector registers of the ISA (kernels that keep arrays of vectors in registers size them by
+// it; past it the compiler spills to the stack).
+#if defined(__AVX512F__)
+constexpr int kVectorRegisters = 32;
+#else
+constexpr int kVectorRegisters = 16;
+#endif
+
 #if defined(__AVX512F__)
 
 template <>
