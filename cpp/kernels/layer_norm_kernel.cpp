@@ -664,22 +664,23 @@ template <class T, bool kAffine, int64_t kVectors>
         held_g[k].store(acc_g + k * V::width);
         held_b[k].store(acc_b + k * V::width);
       }
-  }
-  for (int r = 0; r < g && !kInRegisters; ++r) {
-    const T* x = a.x + (i0 + r) * cols;
-    const T* dy = a.dy + (i0 + r) * cols;
-    const V mean_v = V::broadcast(a.mean[i0 + r]), rstd_v = V::broadcast(a.rstd[i0 + r]);
-    for (int64_t j0 = 0; j0 < n_vec; j0 += kBlock) {
-      const int64_t j1 = j0 + kBlock < n_vec ? j0 + kBlock : n_vec;
-      V sum_g = V::broadcast(T(0)), sum_gx = V::broadcast(T(0));
-      for (int64_t j = j0; j < j1; j += V::width) {
-        V xhat;
-        const V gj = grad_step<T, kAffine>(xhat, acc_g, acc_b, dy, x, a.gamma, mean_v, rstd_v, j);
-        sum_g = sum_g + gj;
-        sum_gx = fmadd(gj, xhat, sum_gx);
+  } else {
+    for (int r = 0; r < g; ++r) {
+      const T* x = a.x + (i0 + r) * cols;
+      const T* dy = a.dy + (i0 + r) * cols;
+      const V mean_v = V::broadcast(a.mean[i0 + r]), rstd_v = V::broadcast(a.rstd[i0 + r]);
+      for (int64_t j0 = 0; j0 < n_vec; j0 += kBlock) {
+        const int64_t j1 = j0 + kBlock < n_vec ? j0 + kBlock : n_vec;
+        V sum_g = V::broadcast(T(0)), sum_gx = V::broadcast(T(0));
+        for (int64_t j = j0; j < j1; j += V::width) {
+          V xhat;
+          const V gj = grad_step<T, kAffine>(xhat, acc_g, acc_b, dy, x, a.gamma, mean_v, rstd_v, j);
+          sum_g = sum_g + gj;
+          sum_gx = fmadd(gj, xhat, sum_gx);
+        }
+        lanes_g[r] = lanes_g[r] + Wide<T>::of(sum_g).folded();
+        lanes_gx[r] = lanes_gx[r] + Wide<T>::of(sum_gx).folded();
       }
-      lanes_g[r] = lanes_g[r] + Wide<T>::of(sum_g).folded();
-      lanes_gx[r] = lanes_gx[r] + Wide<T>::of(sum_gx).folded();
     }
   }
   double total_g[kGroup], total_gx[kGroup];
