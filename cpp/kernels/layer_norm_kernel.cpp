@@ -155,12 +155,6 @@ template <class T, class Step, class Flush>
   }
 }
 
-// The shift of a row's statistics: the mean of its first vector (see group_moments).
-template <class T>
-inline T first_vector_mean(const T* row) {
-  return static_cast<T>(pairwise_add(Wide<T>::of(Vec<T>::load(row)).folded()) / Vec<T>::width);
-}
-
 // Moments of the kGroup rows row[r] (cols values each, the first n_vec of them whole vectors;
 // kVectors > 0: exactly kVectors vectors), from one shifted pass over each row as in
 // chunk_moments: the shift is the mean of the row's first vector (its first value if

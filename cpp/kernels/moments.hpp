@@ -68,22 +68,19 @@ Moments shifted_moments(const T* x, int64_t n, T shift) {
                             total_d2.total() + tail_d2, static_cast<double>(n));
 }
 
+// The mean of the vector of values at x (as a shift for the moments of a run starting there).
+template <class T>
+inline T first_vector_mean(const T* x) {
+  return static_cast<T>(pairwise_add(Wide<T>::of(Vec<T>::load(x)).folded()) / Vec<T>::width);
+}
+
 // Moments of x[0, n) (a chunk that stays in L1). The shift is the mean of the first vector of
 // values: near the mean for any reasonable data, at the cost of one horizontal sum. If it
 // turns out more than two standard deviations off (an outlier up front, sorted data), the
 // pass is repeated around the mean just found, so the result is always exact to a few ulps.
 template <class T>
 Moments chunk_moments(const T* x, int64_t n) {
-  using V = Vec<T>;
-  T shift;
-  if (n >= V::width) {
-    const Wide<T> w = Wide<T>::of(V::load(x));
-    Vec<double> s = w.part[0];
-    for (int k = 1; k < Wide<T>::parts; ++k) s = s + w.part[k];
-    shift = static_cast<T>(reduce_add(s) / static_cast<double>(V::width));
-  } else {
-    shift = x[0];
-  }
+  const T shift = n >= Vec<T>::width ? first_vector_mean(x) : x[0];
   const Moments m = shifted_moments(x, n, shift);
   if (shift_too_far(m, static_cast<double>(shift)))
     return shifted_moments(x, n, static_cast<T>(m.mean));
