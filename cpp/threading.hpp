@@ -22,15 +22,21 @@ bool openmp_enabled();
 // costs 100-200 us on a virtual machine.
 constexpr int64_t kMinElementsPerThread = int64_t{1} << 17;
 
+// Threads for a parallel loop of n_tasks tasks and `elements` elements of work in all: at most
+// one per task and one per kMinElementsPerThread elements (0 or 1: run inline).
+inline int64_t team_size(int64_t n_tasks, int64_t elements) {
+  int64_t threads = get_num_threads();
+  if (threads > n_tasks) threads = n_tasks;
+  if (threads > elements / kMinElementsPerThread) threads = elements / kMinElementsPerThread;
+  return threads;
+}
+
 // Calls f(begin, end) over contiguous, disjoint ranges covering [0, n_tasks), on as many
 // threads as the work (n_tasks * elements_per_task) justifies; tiny work runs inline.
 template <class F>
 void parallel_for(int64_t n_tasks, int64_t elements_per_task, const F& f) {
   if (n_tasks <= 0) return;
-  int64_t threads = get_num_threads();
-  if (threads > n_tasks) threads = n_tasks;
-  const int64_t by_work = n_tasks * elements_per_task / kMinElementsPerThread;
-  if (threads > by_work) threads = by_work;
+  const int64_t threads = team_size(n_tasks, n_tasks * elements_per_task);
 #ifdef _OPENMP
   if (threads > 1) {
 #pragma omp parallel num_threads(static_cast<int>(threads))
@@ -54,10 +60,7 @@ void parallel_for(int64_t n_tasks, int64_t elements_per_task, const F& f) {
 template <class First, class Middle, class Second>
 void parallel_phases(int64_t n_first, int64_t n_second, int64_t elements, const First& first,
                      const Middle& middle, const Second& second) {
-  int64_t threads = get_num_threads();
-  const int64_t n_max = n_first > n_second ? n_first : n_second;
-  if (threads > n_max) threads = n_max;
-  if (threads > elements / kMinElementsPerThread) threads = elements / kMinElementsPerThread;
+  const int64_t threads = team_size(n_first > n_second ? n_first : n_second, elements);
 #ifdef _OPENMP
   if (threads > 1) {
 #pragma omp parallel num_threads(static_cast<int>(threads))

@@ -13,29 +13,6 @@ struct Moments {
   double count, mean, m2;  // m2 = sum of squared deviations from mean
 };
 
-// total_d += d and total_d2 += d^2, d = x - shift, over the full vectors x[0, n_vec), blocked
-// into float64.
-template <class T>
-void shifted_sums(const T* x, int64_t n_vec, T shift, WideSum<T>& total_d, WideSum<T>& total_d2) {
-  using V = Vec<T>;
-  const V shift_v = V::broadcast(shift);
-  with_chains<T>(n_vec, [&](auto chains) {
-    constexpr int kC = decltype(chains)::value;
-    Chains<T, kC> sum_d = Chains<T, kC>::zero(), sum_d2 = Chains<T, kC>::zero();
-    blocked_loop<T, kC>(
-        n_vec,
-        [&](int64_t j, int u) {
-          const V d = V::load(x + j) - shift_v;
-          sum_d.acc[u] = sum_d.acc[u] + d;
-          sum_d2.acc[u] = fmadd(d, d, sum_d2.acc[u]);
-        },
-        [&] {
-          sum_d.flush_into(total_d);
-          sum_d2.flush_into(total_d2);
-        });
-  });
-}
-
 // Moments from the sums of d = x - shift and d^2 over n values:
 //   mean = shift + sum(d) / n;  m2 = sum(d^2) - sum(d)^2 / n
 // (the shifted-data formula: exact up to a few roundings while |mean - shift| is within a
@@ -51,13 +28,28 @@ inline bool shift_too_far(const Moments& m, double shift) {
   return offset * offset * m.count > 4.0 * m.m2;
 }
 
-// Moments of x[0, n) around shift.
+// Moments of x[0, n) around shift: sums of d = x - shift and d^2 blocked into float64.
 template <class T>
 Moments shifted_moments(const T* x, int64_t n, T shift) {
   using V = Vec<T>;
   const int64_t n_vec = n - n % V::width;
+  const V shift_v = V::broadcast(shift);
   WideSum<T> total_d = WideSum<T>::zero(), total_d2 = WideSum<T>::zero();
-  shifted_sums(x, n_vec, shift, total_d, total_d2);
+  with_chains<T>(n_vec, [&](auto chains) {
+    constexpr int kC = decltype(chains)::value;
+    Chains<T, kC> sum_d = Chains<T, kC>::zero(), sum_d2 = Chains<T, kC>::zero();
+    blocked_loop<T, kC>(
+        n_vec,
+        [&](int64_t j, int u) {
+          const V d = V::load(x + j) - shift_v;
+          sum_d.acc[u] = sum_d.acc[u] + d;
+          sum_d2.acc[u] = fmadd(d, d, sum_d2.acc[u]);
+        },
+        [&] {
+          sum_d.flush_into(total_d);
+          sum_d2.flush_into(total_d2);
+        });
+  });
   double tail_d = 0.0, tail_d2 = 0.0;
   for (int64_t j = n_vec; j < n; ++j) {
     const double d = static_cast<double>(x[j] - shift);
