@@ -1,6 +1,6 @@
-// pybind11 bindings: convert and check arrays, release the GIL, call the core.
-// The Python layer (python/normkit) owns the user-facing API and its error messages; the checks
-// here only guarantee that the core never sees a buffer of the wrong type or size.
+// pybind11 bindings: convert and check arrays, allocate the outputs, release the GIL, call the
+// core. The Python layer (python/normkit) owns the user-facing API and its error messages; the
+// checks here only guarantee that the core never sees a buffer of the wrong type or size.
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -21,6 +21,36 @@
 namespace py = pybind11;
 
 namespace {
+
+using Shape = std::vector<py::ssize_t>;
+
+// An uninitialised C-contiguous array; large ones come from the buffer pool and go back to it
+// when the array is freed.
+py::array empty_array(const Shape& shape, const py::dtype& dtype) {
+  std::size_t bytes = static_cast<std::size_t>(dtype.itemsize());
+  for (py::ssize_t n : shape) bytes *= static_cast<std::size_t>(n);
+  if (bytes < normkit::kPoolMinBytes) return py::array(dtype, shape);
+  struct Block {
+    void* data;
+    std::size_t bytes;
+  };
+  auto* held = new Block{normkit::pool_acquire(bytes), bytes};
+  py::capsule release(held, [](void* p) {
+    auto* b = static_cast<Block*>(p);
+    normkit::pool_release(b->data, b->bytes);
+    delete b;
+  });
+  return py::array(dtype, shape, held->data, release);
+}
+
+py::array empty_like(const py::array& x) {
+  return empty_array(Shape(x.shape(), x.shape() + x.ndim()), x.dtype());
+}
+
+// `out` if given (checked where its pointer is taken), else a new array shaped like x.
+py::array output_or_new(const py::object& out, const py::array& x) {
+  return out.is_none() ? empty_like(x) : py::cast<py::array>(out);
+}
 
 template <class T>
 void check_array(const py::array& a, const char* name, int64_t size, bool writeable) {
@@ -63,91 +93,91 @@ T* out_optional(const py::object& a, const char* name, int64_t size) {
 }
 
 template <class T>
-void layer_norm_forward_t(const py::array& x, const py::object& gamma, const py::object& beta,
-                          double eps, py::array& y, py::array& mean, py::array& rstd, int64_t rows,
-                          int64_t cols) {
+py::tuple layer_norm_forward_t(const py::array& x, const py::object& gamma, const py::object& beta,
+                               double eps, const py::object& y_out, const Shape& stats_shape,
+                               int64_t rows, int64_t cols) {
   const T* x_p = in<T>(x, "x", rows * cols);
   const T* gamma_p = in_optional<T>(gamma, "gamma", cols);
   const T* beta_p = in_optional<T>(beta, "beta", cols);
+  py::array y = output_or_new(y_out, x);
+  py::array_t<T> mean(stats_shape), rstd(stats_shape);
   T* y_p = out<T>(y, "y", rows * cols);
   T* mean_p = out<T>(mean, "mean", rows);
   T* rstd_p = out<T>(rstd, "rstd", rows);
-  py::gil_scoped_release release;
-  normkit::layer_norm_forward<T>(y_p, mean_p, rstd_p, x_p, gamma_p, beta_p, rows, cols, eps);
+  {
+    py::gil_scoped_release release;
+    normkit::layer_norm_forward<T>(y_p, mean_p, rstd_p, x_p, gamma_p, beta_p, rows, cols, eps);
+  }
+  return py::make_tuple(y, mean, rstd);
 }
 
 template <class T>
-void layer_norm_backward_t(const py::array& dy, const py::array& x, const py::array& mean,
-                           const py::array& rstd, const py::object& gamma, py::array& dx,
-                           const py::object& dgamma, const py::object& dbeta, int64_t rows,
-                           int64_t cols) {
+py::tuple layer_norm_backward_t(const py::array& dy, const py::array& x, const py::array& mean,
+                                const py::array& rstd, const py::object& gamma,
+                                const Shape& param_shape, int64_t rows, int64_t cols) {
   const T* dy_p = in<T>(dy, "dy", rows * cols);
   const T* x_p = in<T>(x, "x", rows * cols);
   const T* mean_p = in<T>(mean, "mean", rows);
   const T* rstd_p = in<T>(rstd, "rstd", rows);
   const T* gamma_p = in_optional<T>(gamma, "gamma", cols);
+  py::array dx = empty_like(x);
+  py::object dgamma = gamma_p ? py::array_t<T>(param_shape) : py::object(py::none());
+  py::object dbeta = gamma_p ? py::array_t<T>(param_shape) : py::object(py::none());
   T* dx_p = out<T>(dx, "dx", rows * cols);
   T* dgamma_p = out_optional<T>(dgamma, "dgamma", cols);
   T* dbeta_p = out_optional<T>(dbeta, "dbeta", cols);
-  py::gil_scoped_release release;
-  normkit::layer_norm_backward<T>(dx_p, dgamma_p, dbeta_p, dy_p, x_p, mean_p, rstd_p, gamma_p, rows,
-                                  cols);
+  {
+    py::gil_scoped_release release;
+    normkit::layer_norm_backward<T>(dx_p, dgamma_p, dbeta_p, dy_p, x_p, mean_p, rstd_p, gamma_p,
+                                    rows, cols);
+  }
+  return py::make_tuple(dx, dgamma, dbeta);
 }
 
 template <class T>
-void batch_norm_forward_t(const py::array& x, const py::object& running_mean,
-                          const py::object& running_var, const py::object& gamma,
-                          const py::object& beta, py::array& y, py::array& mean, py::array& invstd,
-                          int64_t n, int64_t c, int64_t s, bool training, double momentum,
-                          double eps) {
+py::tuple batch_norm_forward_t(const py::array& x, const py::object& running_mean,
+                               const py::object& running_var, const py::object& gamma,
+                               const py::object& beta, const py::object& y_out, int64_t n,
+                               int64_t c, int64_t s, bool training, double momentum, double eps) {
   const T* x_p = in<T>(x, "x", n * c * s);
   T* rm_p = out_optional<T>(running_mean, "running_mean", c);
   T* rv_p = out_optional<T>(running_var, "running_var", c);
   const T* gamma_p = in_optional<T>(gamma, "gamma", c);
   const T* beta_p = in_optional<T>(beta, "beta", c);
+  py::array y = output_or_new(y_out, x);
+  py::array_t<T> mean(c), invstd(c);
   T* y_p = out<T>(y, "y", n * c * s);
   T* mean_p = out<T>(mean, "mean", c);
   T* invstd_p = out<T>(invstd, "invstd", c);
-  py::gil_scoped_release release;
-  normkit::batch_norm_forward<T>(y_p, mean_p, invstd_p, rm_p, rv_p, x_p, gamma_p, beta_p, n, c, s,
-                                 training, momentum, eps);
+  {
+    py::gil_scoped_release release;
+    normkit::batch_norm_forward<T>(y_p, mean_p, invstd_p, rm_p, rv_p, x_p, gamma_p, beta_p, n, c, s,
+                                   training, momentum, eps);
+  }
+  return py::make_tuple(y, mean, invstd);
 }
 
 template <class T>
-void batch_norm_backward_t(const py::array& dy, const py::array& x, const py::array& mean,
-                           const py::array& invstd, const py::object& gamma, py::array& dx,
-                           const py::object& dgamma, const py::object& dbeta, int64_t n, int64_t c,
-                           int64_t s, bool training) {
+py::tuple batch_norm_backward_t(const py::array& dy, const py::array& x, const py::array& mean,
+                                const py::array& invstd, const py::object& gamma, int64_t n,
+                                int64_t c, int64_t s, bool training) {
   const T* dy_p = in<T>(dy, "dy", n * c * s);
   const T* x_p = in<T>(x, "x", n * c * s);
   const T* mean_p = in<T>(mean, "mean", c);
   const T* invstd_p = in<T>(invstd, "invstd", c);
   const T* gamma_p = in_optional<T>(gamma, "gamma", c);
+  py::array dx = empty_like(x);
+  py::object dgamma = gamma_p ? py::array_t<T>(c) : py::object(py::none());
+  py::object dbeta = gamma_p ? py::array_t<T>(c) : py::object(py::none());
   T* dx_p = out<T>(dx, "dx", n * c * s);
   T* dgamma_p = out_optional<T>(dgamma, "dgamma", c);
   T* dbeta_p = out_optional<T>(dbeta, "dbeta", c);
-  py::gil_scoped_release release;
-  normkit::batch_norm_backward<T>(dx_p, dgamma_p, dbeta_p, dy_p, x_p, mean_p, invstd_p, gamma_p, n,
-                                  c, s, training);
-}
-
-// An uninitialised C-contiguous array; large ones come from the buffer pool and go back to it
-// when the array is freed.
-py::array empty_array(const std::vector<py::ssize_t>& shape, const py::dtype& dtype) {
-  std::size_t bytes = static_cast<std::size_t>(dtype.itemsize());
-  for (py::ssize_t n : shape) bytes *= static_cast<std::size_t>(n);
-  if (bytes < normkit::kPoolMinBytes) return py::array(dtype, shape);
-  struct Block {
-    void* data;
-    std::size_t bytes;
-  };
-  auto* held = new Block{normkit::pool_acquire(bytes), bytes};
-  py::capsule release(held, [](void* p) {
-    auto* b = static_cast<Block*>(p);
-    normkit::pool_release(b->data, b->bytes);
-    delete b;
-  });
-  return py::array(dtype, shape, held->data, release);
+  {
+    py::gil_scoped_release release;
+    normkit::batch_norm_backward<T>(dx_p, dgamma_p, dbeta_p, dy_p, x_p, mean_p, invstd_p, gamma_p,
+                                    n, c, s, training);
+  }
+  return py::make_tuple(dx, dgamma, dbeta);
 }
 
 bool is_float32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
@@ -169,65 +199,58 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "layer_norm_forward",
       [](const py::array& x, const py::object& gamma, const py::object& beta, double eps,
-         py::array& y, py::array& mean, py::array& rstd, int64_t rows, int64_t cols) {
+         const py::object& y, const Shape& stats_shape, int64_t rows, int64_t cols) {
         if (is_float32(x))
-          layer_norm_forward_t<float>(x, gamma, beta, eps, y, mean, rstd, rows, cols);
-        else
-          layer_norm_forward_t<double>(x, gamma, beta, eps, y, mean, rstd, rows, cols);
+          return layer_norm_forward_t<float>(x, gamma, beta, eps, y, stats_shape, rows, cols);
+        return layer_norm_forward_t<double>(x, gamma, beta, eps, y, stats_shape, rows, cols);
       },
       py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("eps"), py::arg("y"),
-      py::arg("mean"), py::arg("rstd"), py::arg("rows"), py::arg("cols"),
-      "LayerNorm forward over the last axis of a C-contiguous (rows, cols) array into y, mean, "
-      "rstd.");
+      py::arg("stats_shape"), py::arg("rows"), py::arg("cols"),
+      "LayerNorm forward over the last axis of a C-contiguous (rows, cols) array: (y, mean, "
+      "rstd), y written into `y` if given; mean and rstd new arrays of stats_shape.");
 
   m.def(
       "layer_norm_backward",
       [](const py::array& dy, const py::array& x, const py::array& mean, const py::array& rstd,
-         const py::object& gamma, py::array& dx, const py::object& dgamma, const py::object& dbeta,
-         int64_t rows, int64_t cols) {
+         const py::object& gamma, const Shape& param_shape, int64_t rows, int64_t cols) {
         if (is_float32(x))
-          layer_norm_backward_t<float>(dy, x, mean, rstd, gamma, dx, dgamma, dbeta, rows, cols);
-        else
-          layer_norm_backward_t<double>(dy, x, mean, rstd, gamma, dx, dgamma, dbeta, rows, cols);
+          return layer_norm_backward_t<float>(dy, x, mean, rstd, gamma, param_shape, rows, cols);
+        return layer_norm_backward_t<double>(dy, x, mean, rstd, gamma, param_shape, rows, cols);
       },
       py::arg("dy"), py::arg("x"), py::arg("mean"), py::arg("rstd"), py::arg("gamma"),
-      py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("rows"), py::arg("cols"),
-      "LayerNorm backward into dx (and dgamma, dbeta when gamma is given).");
+      py::arg("param_shape"), py::arg("rows"), py::arg("cols"),
+      "LayerNorm backward: (dx, dgamma, dbeta), new arrays; dgamma and dbeta (of param_shape) "
+      "only when gamma is given, else None.");
 
   m.def(
       "batch_norm_forward",
       [](const py::array& x, const py::object& running_mean, const py::object& running_var,
-         const py::object& gamma, const py::object& beta, py::array& y, py::array& mean,
-         py::array& invstd, int64_t n, int64_t c, int64_t s, bool training, double momentum,
-         double eps) {
+         const py::object& gamma, const py::object& beta, const py::object& y, int64_t n, int64_t c,
+         int64_t s, bool training, double momentum, double eps) {
         if (is_float32(x))
-          batch_norm_forward_t<float>(x, running_mean, running_var, gamma, beta, y, mean, invstd, n,
-                                      c, s, training, momentum, eps);
-        else
-          batch_norm_forward_t<double>(x, running_mean, running_var, gamma, beta, y, mean, invstd,
-                                       n, c, s, training, momentum, eps);
+          return batch_norm_forward_t<float>(x, running_mean, running_var, gamma, beta, y, n, c, s,
+                                             training, momentum, eps);
+        return batch_norm_forward_t<double>(x, running_mean, running_var, gamma, beta, y, n, c, s,
+                                            training, momentum, eps);
       },
       py::arg("x"), py::arg("running_mean"), py::arg("running_var"), py::arg("gamma"),
-      py::arg("beta"), py::arg("y"), py::arg("mean"), py::arg("invstd"), py::arg("n"), py::arg("c"),
-      py::arg("s"), py::arg("training"), py::arg("momentum"), py::arg("eps"),
-      "BatchNorm forward over x viewed as (n, c, s) into y, mean, invstd; updates running "
-      "statistics in place when training.");
+      py::arg("beta"), py::arg("y"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("training"),
+      py::arg("momentum"), py::arg("eps"),
+      "BatchNorm forward over x viewed as (n, c, s): (y, mean, invstd), y written into `y` if "
+      "given; updates running statistics in place when training.");
 
   m.def(
       "batch_norm_backward",
       [](const py::array& dy, const py::array& x, const py::array& mean, const py::array& invstd,
-         const py::object& gamma, py::array& dx, const py::object& dgamma, const py::object& dbeta,
-         int64_t n, int64_t c, int64_t s, bool training) {
+         const py::object& gamma, int64_t n, int64_t c, int64_t s, bool training) {
         if (is_float32(x))
-          batch_norm_backward_t<float>(dy, x, mean, invstd, gamma, dx, dgamma, dbeta, n, c, s,
-                                       training);
-        else
-          batch_norm_backward_t<double>(dy, x, mean, invstd, gamma, dx, dgamma, dbeta, n, c, s,
-                                        training);
+          return batch_norm_backward_t<float>(dy, x, mean, invstd, gamma, n, c, s, training);
+        return batch_norm_backward_t<double>(dy, x, mean, invstd, gamma, n, c, s, training);
       },
       py::arg("dy"), py::arg("x"), py::arg("mean"), py::arg("invstd"), py::arg("gamma"),
-      py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("n"), py::arg("c"), py::arg("s"),
-      py::arg("training"), "BatchNorm backward into dx (and dgamma, dbeta when gamma is given).");
+      py::arg("n"), py::arg("c"), py::arg("s"), py::arg("training"),
+      "BatchNorm backward: (dx, dgamma, dbeta), new arrays; dgamma and dbeta only when gamma is "
+      "given, else None.");
 
   m.def("empty", &empty_array, py::arg("shape"), py::arg("dtype"),
         "Uninitialised C-contiguous array; large ones reuse cached, already-mapped memory.");

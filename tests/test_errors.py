@@ -147,22 +147,12 @@ def test_core_rejects_mismatched_buffers():
 
     x = np.ones((2, 3), F32)
     with pytest.raises(ValueError, match="elements"):
-        _core.layer_norm_forward(
-            x, None, None, 1e-5, np.empty(5, F32), np.empty(2, F32), np.empty(2, F32), 2, 3
-        )
+        _core.layer_norm_forward(x, None, None, 1e-5, np.empty(5, F32), (2,), 2, 3)
+    with pytest.raises(ValueError, match="elements"):
+        _core.layer_norm_forward(x, None, None, 1e-5, None, (3,), 2, 3)  # stats of 2 rows
     with pytest.raises(TypeError, match="dtype"):
-        _core.layer_norm_forward(
-            x, None, None, 1e-5, np.empty(6), np.empty(2, F32), np.empty(2, F32), 2, 3
-        )
+        _core.layer_norm_forward(x, None, None, 1e-5, np.empty(6), (2,), 2, 3)
     with pytest.raises(ValueError, match="contiguous"):
-        _core.layer_norm_forward(
-            np.ones((3, 2), F32).T,
-            None,
-            None,
-            1e-5,
-            np.empty(6, F32),
-            np.empty(2, F32),
-            np.empty(2, F32),
-            2,
-            3,
-        )
+        _core.layer_norm_forward(np.ones((3, 2), F32).T, None, None, 1e-5, None, (2,), 2, 3)
+    with pytest.raises(ValueError, match="elements"):
+        _core.batch_norm_backward(x, x, np.ones(3, F32), np.ones(3, F32), None, 2, 3, 2, True)

@@ -79,27 +79,12 @@ def _forward(x, running_mean, running_var, gamma, beta, training, momentum, eps,
         )
     if running_mean is None and count < 1:
         raise ValueError(f"x: no values per channel to take statistics from (shape {x.shape})")
-    y, x, gamma, beta = _checks.output_for(out, x, gamma, beta)
+    if out is not None:
+        out, x, gamma, beta = _checks.output_for(out, x, gamma, beta)
     x = np.ascontiguousarray(x)
-    mean = np.empty(c, x.dtype)
-    invstd = np.empty(c, x.dtype)
-    _core.batch_norm_forward(
-        x,
-        running_mean,
-        running_var,
-        gamma,
-        beta,
-        y,
-        mean,
-        invstd,
-        n,
-        c,
-        s,
-        bool(training),
-        momentum,
-        eps,
+    return _core.batch_norm_forward(
+        x, running_mean, running_var, gamma, beta, out, n, c, s, bool(training), momentum, eps
     )
-    return y, mean, invstd
 
 
 def batch_norm(
@@ -163,15 +148,7 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, axis=
     invstd = _checks.like(invstd, "invstd", x.dtype, (c,))
     gamma = _checks.optional_like(gamma, "gamma", x.dtype, (c,))
     x = np.ascontiguousarray(x)
-    dx = _core.empty(x.shape, x.dtype)
-    dgamma = dbeta = None
-    if gamma is not None:
-        dgamma = np.empty(c, x.dtype)
-        dbeta = np.empty(c, x.dtype)
-    _core.batch_norm_backward(
-        dy, x, mean, invstd, gamma, dx, dgamma, dbeta, n, c, s, bool(training)
-    )
-    return dx, dgamma, dbeta
+    return _core.batch_norm_backward(dy, x, mean, invstd, gamma, n, c, s, bool(training))
 
 
 def fold_batch_norm(weight, bias, bn):

@@ -8,8 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-
 AxisError = getattr(np, "exceptions", np).AxisError
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -17,7 +15,7 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def float_array(a: Any, name: str) -> np.ndarray:
     """``a`` as an ndarray of float32/float64 (not copied); TypeError for any other dtype."""
-    arr = np.asarray(a)
+    arr = a if type(a) is np.ndarray else np.asarray(a)
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name}: expected a float32 or float64 array, got dtype {arr.dtype} "
@@ -28,12 +26,12 @@ def float_array(a: Any, name: str) -> np.ndarray:
 
 def like(a: Any, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     """``a`` checked to have ``dtype`` and ``shape``, C-contiguous (copied only if needed)."""
-    arr = np.asarray(a)
+    arr = a if type(a) is np.ndarray else np.asarray(a)
     if arr.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the dtype of x), got {arr.dtype}")
     if arr.shape != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {arr.shape}")
-    return np.ascontiguousarray(arr)
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 
 
 def optional_like(a: Any, name: str, dtype: np.dtype, shape: tuple[int, ...]):
@@ -108,10 +106,8 @@ def unaliased(a: np.ndarray | None, out: np.ndarray, allow_same: bool = False):
 
 
 def output_for(out, x: np.ndarray, *params):
-    """(y, x, *params) for a normalization writing y: a new array (from the buffer cache) when
-    out is None, else out checked, with any input that overlaps it copied first (x may be out
-    itself: the kernels read each value before writing it)."""
-    if out is None:
-        return (_core.empty(x.shape, x.dtype), x, *params)
+    """(out, x, *params) for a normalization writing into ``out``: out checked, with any input
+    that overlaps it copied first (x may be out itself: the kernels read each value before
+    writing it)."""
     y = out_array(out, x.shape, x.dtype)
     return (y, unaliased(x, y, allow_same=True), *(unaliased(p, y) for p in params))

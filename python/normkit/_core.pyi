@@ -5,24 +5,21 @@ def layer_norm_forward(
     gamma: np.ndarray | None,
     beta: np.ndarray | None,
     eps: float,
-    y: np.ndarray,
-    mean: np.ndarray,
-    rstd: np.ndarray,
+    y: np.ndarray | None,
+    stats_shape: tuple[int, ...],
     rows: int,
     cols: int,
-) -> None: ...
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def layer_norm_backward(
     dy: np.ndarray,
     x: np.ndarray,
     mean: np.ndarray,
     rstd: np.ndarray,
     gamma: np.ndarray | None,
-    dx: np.ndarray,
-    dgamma: np.ndarray | None,
-    dbeta: np.ndarray | None,
+    param_shape: tuple[int, ...],
     rows: int,
     cols: int,
-) -> None: ...
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]: ...
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...
 def openmp_enabled() -> bool: ...
@@ -35,30 +32,25 @@ def batch_norm_forward(
     running_var: np.ndarray | None,
     gamma: np.ndarray | None,
     beta: np.ndarray | None,
-    y: np.ndarray,
-    mean: np.ndarray,
-    invstd: np.ndarray,
+    y: np.ndarray | None,
     n: int,
     c: int,
     s: int,
     training: bool,
     momentum: float,
     eps: float,
-) -> None: ...
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def batch_norm_backward(
     dy: np.ndarray,
     x: np.ndarray,
     mean: np.ndarray,
     invstd: np.ndarray,
     gamma: np.ndarray | None,
-    dx: np.ndarray,
-    dgamma: np.ndarray | None,
-    dbeta: np.ndarray | None,
     n: int,
     c: int,
     s: int,
     training: bool,
-) -> None: ...
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]: ...
 def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray: ...
 def release_cached_memory() -> int: ...
 def cached_bytes() -> int: ...

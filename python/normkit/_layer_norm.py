@@ -10,28 +10,26 @@ import numpy as np
 from . import _checks, _core
 
 
-def _split(x: np.ndarray, axis: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(batch_shape, normalized_shape) of x for the trailing ``axis``."""
+def _split(x: np.ndarray, axis: Any):
+    """(batch_shape, normalized_shape, rows, cols) of x for the trailing ``axis``."""
     k = _checks.trailing_axes(axis, x.ndim)
     batch_shape, norm_shape = x.shape[: x.ndim - k], x.shape[x.ndim - k :]
-    if math.prod(norm_shape) == 0:
+    cols = math.prod(norm_shape)
+    if cols == 0:
         raise ValueError(f"x: the normalized axes {norm_shape} hold no values")
-    return batch_shape, norm_shape
+    return batch_shape, norm_shape, x.size // cols, cols
 
 
 def _forward(x, gamma, beta, eps, axis, out):
     x = _checks.float_array(x, "x")
-    batch_shape, norm_shape = _split(x, axis)
+    batch_shape, norm_shape, rows, cols = _split(x, axis)
     eps = _checks.eps_value(eps)
     gamma = _checks.optional_like(gamma, "gamma", x.dtype, norm_shape)
     beta = _checks.optional_like(beta, "beta", x.dtype, norm_shape)
-    y, x, gamma, beta = _checks.output_for(out, x, gamma, beta)
+    if out is not None:
+        out, x, gamma, beta = _checks.output_for(out, x, gamma, beta)
     x = np.ascontiguousarray(x)
-    mean = np.empty(batch_shape, x.dtype)
-    rstd = np.empty(batch_shape, x.dtype)
-    rows, cols = math.prod(batch_shape), math.prod(norm_shape)
-    _core.layer_norm_forward(x, gamma, beta, eps, y, mean, rstd, rows, cols)
-    return y, mean, rstd
+    return _core.layer_norm_forward(x, gamma, beta, eps, out, batch_shape, rows, cols)
 
 
 def layer_norm(x, gamma=None, beta=None, *, eps=1e-5, axis=-1, out=None) -> np.ndarray:
@@ -61,17 +59,10 @@ def layer_norm_backward(dy, x, mean, rstd, gamma=None, *, axis=-1):
     ``dbeta`` are ``None`` when ``gamma`` is ``None``.
     """
     x = _checks.float_array(x, "x")
-    batch_shape, norm_shape = _split(x, axis)
+    batch_shape, norm_shape, rows, cols = _split(x, axis)
     dy = _checks.like(dy, "dy", x.dtype, x.shape)
     mean = _checks.like(mean, "mean", x.dtype, batch_shape)
     rstd = _checks.like(rstd, "rstd", x.dtype, batch_shape)
     gamma = _checks.optional_like(gamma, "gamma", x.dtype, norm_shape)
     x = np.ascontiguousarray(x)
-    dx = _core.empty(x.shape, x.dtype)
-    dgamma = dbeta = None
-    if gamma is not None:
-        dgamma = np.empty(norm_shape, x.dtype)
-        dbeta = np.empty(norm_shape, x.dtype)
-    rows, cols = math.prod(batch_shape), math.prod(norm_shape)
-    _core.layer_norm_backward(dy, x, mean, rstd, gamma, dx, dgamma, dbeta, rows, cols)
-    return dx, dgamma, dbeta
+    return _core.layer_norm_backward(dy, x, mean, rstd, gamma, norm_shape, rows, cols)
