@@ -134,9 +134,6 @@ def check_batch_norm(shape, axis, dtype, mean_offset=0.0, affine=True, seed=0):
             momentum=0.2,
             axis=axis,
         )
-        # float64 batch statistics merge sub-block means held to an ulp of |mean|: the same
-        # conditioning as y (see y_scale).
-        cond = y_scale(np.ones(1), mean_ref, invstd_ref, dtype)
         assert_close(
             y, y_ref, dtype, f"y {what}", scale=y_scale(y_ref, mean_ref, invstd_ref, dtype)
         )
@@ -148,17 +145,9 @@ def check_batch_norm(shape, axis, dtype, mean_offset=0.0, affine=True, seed=0):
             f"mean {what}",
             scale=sum_scale(np.abs(_wide(x)).mean(axis=other)) if training else None,
         )
-        assert_close(
-            invstd,
-            invstd_ref,
-            dtype,
-            f"invstd {what}",
-            scale=cond * float(np.abs(invstd_ref).max()),
-        )
+        assert_close(invstd, invstd_ref, dtype, f"invstd {what}")
         assert_close(rm, rm_ref, dtype, f"running_mean {what}")
-        assert_close(
-            rv, rv_ref, dtype, f"running_var {what}", scale=cond * float(np.abs(rv_ref).max())
-        )
+        assert_close(rv, rv_ref, dtype, f"running_var {what}")
 
         dx, dgamma, dbeta = normkit.batch_norm_backward(
             dy, x, mean, invstd, gamma, training=training, axis=axis

@@ -265,11 +265,11 @@ def test_ordered_batch_statistics_stay_exact(isa, shape, order, dtype):
     true_var = np.array(
         [math.fsum((col - m) ** 2) / col.size for col, m in zip(columns, true_mean)]
     )
-    # Rounding to dtype, plus the float64 merge of block means, each held to an ulp of |mean|
-    # (|mean| / std <= 1e4 here).
+    # Rounding to dtype, plus a few float64 roundings: block means are merged relative to each
+    # channel's first value, so the merge does not lose digits to |mean| / std (1e4 here).
     mean_tol = np.spacing(np.asarray(true_mean, dtype)) + 4 * np.spacing(true_mean)
     assert np.all(np.abs(mean - true_mean) <= mean_tol)
-    rtol = 2 * np.finfo(dtype).eps + 4 * np.finfo(np.float64).eps * 1e4
+    rtol = 2 * np.finfo(dtype).eps + 8 * np.finfo(np.float64).eps
     np.testing.assert_allclose(invstd, 1 / np.sqrt(true_var + 1e-5), rtol=rtol)
 
 

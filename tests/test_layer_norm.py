@@ -1,5 +1,6 @@
 """LayerNorm against the reference, finite differences, layouts, threads and ISAs."""
 
+import math
 import threading
 
 import normkit
@@ -51,6 +52,26 @@ def test_rows_starting_far_from_their_mean(isa, width, dtype, pattern):
     y_ref, mean_ref, rstd_ref = ref_forward(x, None, None)
     assert_close(y, y_ref, dtype, "y", scale=y_scale(y_ref, mean_ref, rstd_ref, dtype))
     assert_close(rstd, rstd_ref, dtype, "rstd")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 100003), (13, 8195)], ids=str)
+def test_long_sorted_rows_stay_exact(isa, shape, dtype):
+    # Long rows are summed chunk by chunk and the chunks merged (one row: chunks in parallel;
+    # many rows: row by row). Sorted rows at mean 1e4 x std make the chunk means differ by
+    # O(std) while |mean| is 1e4 std: merging absolute means would lose ~4 digits of rstd.
+    rng = np.random.default_rng(7)
+    x = np.sort(1e4 + rng.standard_normal(shape), axis=1).astype(dtype)
+    _, mean, rstd = normkit.layer_norm_forward(x)
+    for i, row in enumerate(x.astype(np.float64)):
+        true_mean = math.fsum(row) / row.size
+        true_var = math.fsum((row - true_mean) ** 2) / row.size
+        assert abs(float(mean[i]) - true_mean) <= np.spacing(dtype(true_mean)) + 4 * np.spacing(
+            true_mean
+        )
+        # rounding to dtype plus a few float64 roundings
+        rtol = 2 * np.finfo(dtype).eps + 8 * np.finfo(np.float64).eps
+        np.testing.assert_allclose(float(rstd[i]), 1 / math.sqrt(true_var + 1e-5), rtol=rtol)
 
 
 @pytest.mark.parametrize("which", ["gamma", "beta"])

@@ -79,7 +79,8 @@ bool flush_due(int64_t r, int64_t r0, int64_t r1) {
 // then the shifted sums as in tile_moments. For the columns past the last full tile, and for a
 // tile's column whose shift turned out too far from its mean.
 template <class T>
-void column_moments(double* out, const T* x, int64_t cols, int64_t j, int64_t r0, int64_t r1) {
+void column_moments(double* out, const T* x, T ref, int64_t cols, int64_t j, int64_t r0,
+                    int64_t r1) {
   const double count = static_cast<double>(r1 - r0);
   T acc = T(0);
   double sum = 0.0;
@@ -103,19 +104,21 @@ void column_moments(double* out, const T* x, int64_t cols, int64_t j, int64_t r0
       acc_d = acc_d2 = T(0);
     }
   }
-  store_moments(out,
-                Moments{count, static_cast<double>(shift) + sd / count, sd2 - sd * sd / count});
+  store_moments(out, shifted_moments_of(static_cast<double>(shift) - static_cast<double>(ref), sd,
+                                        sd2, count));
 }
 
 // Moments of columns [j0, j0 + kChains * W) over rows [r0, r1), in registers, in one pass over
 // the block after a look at its first rows (its rows are a power-of-two stride apart in wide
 // tables, so a second pass would come from L2, not L1). Scalar math per column:
 // shift = mean of the first kRowsPerFlush rows; d = x - shift;
-// mean = shift + sum(d) / n;  m2 = sum(d^2) - sum(d)^2 / n.   out: 3 doubles per column.
+// mean = shift + sum(d) / n;  m2 = sum(d^2) - sum(d)^2 / n.   out: 3 doubles per column, the
+// mean relative to the column's reference ref[j] (see chunk_moments).
 // A column whose shift lands more than 2 std from its mean (outliers up front, sorted data) is
 // done again by column_moments.
 template <class T>
-void tile_moments(double* out, const T* x, int64_t cols, int64_t j0, int64_t r0, int64_t r1) {
+void tile_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j0, int64_t r0,
+                  int64_t r1) {
   using V = Vec<T>;
   constexpr int64_t kTile = kChains * V::width;
   const double count = static_cast<double>(r1 - r0);
@@ -160,9 +163,10 @@ void tile_moments(double* out, const T* x, int64_t cols, int64_t j0, int64_t r0,
     tot_d2[u].store(sd2 + u * V::width);
   }
   for (int64_t j = 0; j < kTile; ++j) {
-    const Moments m = shifted_moments_of(static_cast<double>(shift[j]), sd[j], sd2[j], count);
-    if (shift_too_far(m, static_cast<double>(shift[j])))
-      column_moments(out + 3 * j, x, cols, j0 + j, r0, r1);
+    const double shift_rel = static_cast<double>(shift[j]) - static_cast<double>(ref[j0 + j]);
+    const Moments m = shifted_moments_of(shift_rel, sd[j], sd2[j], count);
+    if (shift_too_far(m, shift_rel))
+      column_moments(out + 3 * j, x, ref[j0 + j], cols, j0 + j, r0, r1);
     else
       store_moments(out + 3 * j, m);
   }
@@ -422,7 +426,8 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
       for (int64_t u = u0; u < u1; ++u) {
         const int64_t run = u / per_run, c0 = (u % per_run) * kChunk;
         const int64_t len = s - c0 < kChunk ? s - c0 : kChunk;
-        store_moments(parts + 3 * u, chunk_moments(x + run * s + c0, len));
+        const T ref = x[(run % c) * s];  // the channel's first value
+        store_moments(parts + 3 * u, chunk_moments(x + run * s + c0, len, ref));
       }
     });
     parallel_for(c, 3 * n * per_run, [&](int64_t c0, int64_t c1) {
@@ -431,13 +436,20 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
         const Moments m = combine(n * per_run, [&](int64_t q) {
           return parts + 3 * (((q / per_run) * c + ch) * per_run + q % per_run);
         });
-        mean[ch] = m.mean;
+        mean[ch] = static_cast<double>(x[ch * s]) + m.mean;
         var[ch] = biased_variance(m);
       }
     });
     return;
   }
   const int64_t cols = sh.cols(), blocks = sh.n_blocks();
+  // Each column's reference (see chunk_moments): its channel's first value, x[ch * s].
+  TaskBuffer<T> ref_buf(s > 1 ? cols : 0);
+  const T* ref = x;
+  if (s > 1) {
+    for (int64_t j = 0; j < cols; ++j) ref_buf.data()[j] = x[j / s * s];
+    ref = ref_buf.data();
+  }
   Workspace ws(static_cast<std::size_t>(3 * cols * blocks));
   double* parts = ws.data();  // (blocks, cols, 3)
   parallel_for(blocks * sh.n_col_groups(), kBlockRows * kColGroup, [&](int64_t t0, int64_t t1) {
@@ -446,8 +458,8 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
       sh.task(t, r0, r1, j0, j1);
       double* out = parts + 3 * cols * (r0 / kBlockRows);
       for_tiles<T>(
-          j0, j1, [&](int64_t j) { tile_moments(out + 3 * j, x, cols, j, r0, r1); },
-          [&](int64_t j) { column_moments(out + 3 * j, x, cols, j, r0, r1); });
+          j0, j1, [&](int64_t j) { tile_moments(out + 3 * j, x, ref, cols, j, r0, r1); },
+          [&](int64_t j) { column_moments(out + 3 * j, x, ref[j], cols, j, r0, r1); });
     }
   });
   parallel_for(c, 3 * blocks * s, [&](int64_t c0, int64_t c1) {
@@ -455,7 +467,7 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
       // part q = (block b, column k of the channel)
       const Moments m = combine(
           blocks * s, [&](int64_t q) { return parts + 3 * ((q / s) * cols + ch * s + q % s); });
-      mean[ch] = m.mean;
+      mean[ch] = static_cast<double>(x[ch * s]) + m.mean;
       var[ch] = biased_variance(m);
     }
   });

@@ -115,7 +115,7 @@ void normalize(T* y_row, const T* x_row, const T* gamma, const T* beta, RowScale
 }
 
 Moments row_moments_from_chunks(const double* chunk_moments_row, int64_t n_chunks) {
-  // chunk_moments_row holds n_chunks (count, mean, m2) triples.
+  // chunk_moments_row holds n_chunks (count, mean, m2) triples, means relative to one value.
   Moments m{chunk_moments_row[0], chunk_moments_row[1], chunk_moments_row[2]};
   for (int64_t c = 1; c < n_chunks; ++c) {
     const double* p = chunk_moments_row + 3 * c;
@@ -236,7 +236,7 @@ template <class T, int64_t kVectors, bool kSequential>
     out[r] = shifted_moments_of(static_cast<double>(shift[r]), sum_d[r], sum_d2[r], count);
     // A shift more than 2 std off (outliers up front, sorted data): again around the mean.
     if (shift_too_far(out[r], static_cast<double>(shift[r])))
-      out[r] = shifted_moments(row[r], cols, static_cast<T>(out[r].mean));
+      out[r] = shifted_moments(row[r], cols, static_cast<T>(out[r].mean), T(0));
   }
 }
 
@@ -590,7 +590,8 @@ void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* b
       [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t i = t / p.n_chunks, c = t % p.n_chunks;
-          const Moments m = chunk_moments(x + i * cols + p.chunk_begin(c), p.chunk_size(c));
+          const T* row = x + i * cols;
+          const Moments m = chunk_moments(row + p.chunk_begin(c), p.chunk_size(c), row[0]);
           moments[3 * t] = m.count;
           moments[3 * t + 1] = m.mean;
           moments[3 * t + 2] = m.m2;
@@ -598,7 +599,8 @@ void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* b
       },
       [&] {
         for (int64_t i = 0; i < rows; ++i) {
-          const Moments m = row_moments_from_chunks(moments + 3 * i * p.n_chunks, p.n_chunks);
+          Moments m = row_moments_from_chunks(moments + 3 * i * p.n_chunks, p.n_chunks);
+          m.mean += static_cast<double>(x[i * cols]);  // the chunks' reference
           finish_row(i, row_scale<T>(m, eps));
           row_stats[2 * i] = m.mean;
           row_stats[2 * i + 1] = m.m2;
