@@ -124,6 +124,9 @@ Moments row_moments_from_chunks(const double* chunk_moments_row, int64_t n_chunk
   return m;
 }
 
+// Streamed short rows prefetch the row this many bytes ahead of the one they reach.
+constexpr int64_t kPrefetchAhead = 4096;
+
 // Short rows (at most kShortRowBytes) go through in groups of kGroup, one float64 lane per row:
 // their cost is mostly per row (reductions), not per value.
 constexpr int64_t kShortRowBytes = 1024;
@@ -202,6 +205,18 @@ template <class T, int64_t kVectors, bool kSequential>
   // Scalar math: d = x - shift;  sum_d = sum(d);  sum_d2 = sum(d * d)
   if constexpr (kVectors > 0) {
     for (int r = 0; r < kGroup; ++r) {
+      // Streamed rows also prefetch the row kPrefetchAhead bytes further on (rows of a
+      // streamed array are contiguous; a prefetch past its end is dropped). The hardware
+      // prefetchers alone keep up with these rows only as well as the compiler's order of the
+      // row's loads lets them: two builds of this same loop with the loads in another order
+      // ran 65536x128 float32 from memory at 38 and 53 ns per row; with the prefetch, both
+      // at 40. (Rows of the generic path below run slower with it: 77 -> 108 ns for 256
+      // floats.)
+      if constexpr (kSequential) {
+        const char* ahead = reinterpret_cast<const char*>(row[r]) + kPrefetchAhead;
+        for (int64_t b = 0; b < kVectors * int64_t{sizeof(V)}; b += 64)
+          __builtin_prefetch(ahead + b);
+      }
       shift_row_if_sequential(r);
       V d[kVectors], d2[kVectors];
       for (int k = 0; k < kVectors; ++k) {
