@@ -273,6 +273,27 @@ def test_ordered_batch_statistics_stay_exact(isa, shape, order, dtype):
     np.testing.assert_allclose(invstd, 1 / np.sqrt(true_var + 1e-5), rtol=rtol)
 
 
+@pytest.mark.parametrize(
+    "shape, axis",
+    [((64, 3, 1000), 1), ((1000, 70), 1), ((1000, 24, 4), 1), ((4096, 3), -1)],
+    ids=str,
+)
+def test_float32_values_whose_squares_overflow(isa, shape, axis):
+    # float32 sums of squared deviations overflow past 1.8e19 from the shift; those chunks and
+    # columns are summed again in float64 instead of coming out with invstd = 0.
+    rng = np.random.default_rng(12)
+    x = (1 + rng.standard_normal(shape)).astype(np.float32)
+    x[0] = -1e20
+    x[-1] = 3e25
+    y, mean, invstd = normkit.batch_norm_forward(x, training=True, axis=axis)
+    y_ref, mean_ref, invstd_ref = reference.batch_norm_forward(
+        x.astype(np.float64), training=True, axis=axis
+    )
+    assert_close(y, y_ref, np.float32, "y")
+    assert_close(invstd, invstd_ref, np.float32, "invstd")
+    assert_close(mean, mean_ref, np.float32, "mean")
+
+
 def test_against_torch(rng):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((8, 3, 5, 5))

@@ -74,6 +74,21 @@ def test_long_sorted_rows_stay_exact(isa, shape, dtype):
         np.testing.assert_allclose(float(rstd[i]), 1 / math.sqrt(true_var + 1e-5), rtol=rtol)
 
 
+@pytest.mark.parametrize("shape", [(3, 64), (3, 100), (3, 128), (2, 8195), (1, 100003)], ids=str)
+def test_float32_values_whose_squares_overflow(isa, shape):
+    # float32 sums of squared deviations overflow past 1.8e19 from the shift; those rows are
+    # summed again in float64 instead of coming out with rstd = 0.
+    rng = np.random.default_rng(11)
+    x = (1 + rng.standard_normal(shape)).astype(np.float32)
+    x[:, 0] = -1e20
+    x[-1, shape[1] // 2] = 3e25
+    y, mean, rstd = normkit.layer_norm_forward(x)
+    y_ref, mean_ref, rstd_ref = ref_forward(x, None, None)
+    assert_close(y, y_ref, np.float32, "y", scale=y_scale(y_ref, mean_ref, rstd_ref, np.float32))
+    assert_close(rstd, rstd_ref, np.float32, "rstd")
+    assert_close(mean, mean_ref, np.float32, "mean")
+
+
 @pytest.mark.parametrize("which", ["gamma", "beta"])
 def test_gamma_only_or_beta_only(rng, which):
     x = rng.standard_normal((6, 19))

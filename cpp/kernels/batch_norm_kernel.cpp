@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "cpu_features.hpp"
 #include "kernels/kernels.hpp"
@@ -76,36 +77,42 @@ bool flush_due(int64_t r, int64_t r0, int64_t r1) {
 // Column layout: statistics and gradient sums of a block of rows, per column
 
 // Moments of column j over rows [r0, r1), in scalars and two passes: shift = mean of the block;
-// then the shifted sums as in tile_moments. For the columns past the last full tile, and for a
-// tile's column whose shift turned out too far from its mean.
-template <class T>
+// then the shifted sums as in tile_moments, added in Acc for blocks of kRowsPerFlush rows. For
+// the columns past the last full tile, and for a tile's column whose shift turned out too far
+// from its mean or whose float32 sums overflowed (then again with Acc = double; see
+// wide_moments).
+template <class T, class Acc = T>
 void column_moments(double* out, const T* x, T ref, int64_t cols, int64_t j, int64_t r0,
                     int64_t r1) {
   const double count = static_cast<double>(r1 - r0);
-  T acc = T(0);
+  Acc acc = Acc(0);
   double sum = 0.0;
   for (int64_t r = r0; r < r1; ++r) {
-    acc += x[r * cols + j];
+    acc += static_cast<Acc>(x[r * cols + j]);
     if (flush_due(r, r0, r1)) {
       sum += static_cast<double>(acc);
-      acc = T(0);
+      acc = Acc(0);
     }
   }
   const T shift = static_cast<T>(sum / count);
-  T acc_d = T(0), acc_d2 = T(0);
+  Acc acc_d = Acc(0), acc_d2 = Acc(0);
   double sd = 0.0, sd2 = 0.0;
   for (int64_t r = r0; r < r1; ++r) {
-    const T d = x[r * cols + j] - shift;
+    const Acc d = static_cast<Acc>(x[r * cols + j]) - static_cast<Acc>(shift);
     acc_d += d;
     acc_d2 = fma_scalar(d, d, acc_d2);
     if (flush_due(r, r0, r1)) {
       sd += static_cast<double>(acc_d);
       sd2 += static_cast<double>(acc_d2);
-      acc_d = acc_d2 = T(0);
+      acc_d = acc_d2 = Acc(0);
     }
   }
-  store_moments(out, shifted_moments_of(static_cast<double>(shift) - static_cast<double>(ref), sd,
-                                        sd2, count));
+  const Moments m =
+      shifted_moments_of(static_cast<double>(shift) - static_cast<double>(ref), sd, sd2, count);
+  if constexpr (!std::is_same_v<Acc, double>) {
+    if (overflowed<T>(m)) return column_moments<T, double>(out, x, ref, cols, j, r0, r1);
+  }
+  store_moments(out, m);
 }
 
 // Moments of columns [j0, j0 + kChains * W) over rows [r0, r1), in registers, in one pass over
@@ -115,7 +122,7 @@ void column_moments(double* out, const T* x, T ref, int64_t cols, int64_t j, int
 // mean = shift + sum(d) / n;  m2 = sum(d^2) - sum(d)^2 / n.   out: 3 doubles per column, the
 // mean relative to the column's reference ref[j] (see chunk_moments).
 // A column whose shift lands more than 2 std from its mean (outliers up front, sorted data) is
-// done again by column_moments.
+// done again by column_moments, as is one whose float32 sums overflowed.
 template <class T>
 void tile_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j0, int64_t r0,
                   int64_t r1) {
@@ -165,7 +172,7 @@ void tile_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
   for (int64_t j = 0; j < kTile; ++j) {
     const double shift_rel = static_cast<double>(shift[j]) - static_cast<double>(ref[j0 + j]);
     const Moments m = shifted_moments_of(shift_rel, sd[j], sd2[j], count);
-    if (shift_too_far(m, shift_rel))
+    if (shift_too_far(m, shift_rel) || overflowed<T>(m))
       column_moments(out + 3 * j, x, ref[j0 + j], cols, j0 + j, r0, r1);
     else
       store_moments(out + 3 * j, m);
@@ -423,11 +430,18 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
     Workspace ws(static_cast<std::size_t>(3 * units));
     double* parts = ws.data();  // (n, c, chunks_per_run, 3), memory order
     parallel_for(units, s < kChunk ? s : kChunk, [&](int64_t u0, int64_t u1) {
+      // unit u = chunk k of run `run`, which belongs to channel ch (counted, not divided out:
+      // a unit can be as short as 16 values)
+      int64_t run = u0 / per_run, k = u0 % per_run, ch = run % c;
       for (int64_t u = u0; u < u1; ++u) {
-        const int64_t run = u / per_run, c0 = (u % per_run) * kChunk;
-        const int64_t len = s - c0 < kChunk ? s - c0 : kChunk;
-        const T ref = x[(run % c) * s];  // the channel's first value
+        const int64_t c0 = k * kChunk, len = s - c0 < kChunk ? s - c0 : kChunk;
+        const T ref = x[ch * s];  // the channel's first value
         store_moments(parts + 3 * u, chunk_moments(x + run * s + c0, len, ref));
+        if (++k == per_run) {
+          k = 0;
+          ++run;
+          if (++ch == c) ch = 0;
+        }
       }
     });
     parallel_for(c, 3 * n * per_run, [&](int64_t c0, int64_t c1) {

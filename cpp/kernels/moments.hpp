@@ -2,6 +2,7 @@
 // Mean and centred sum of squares of a contiguous run of values, and their exact merge.
 // Shared by the LayerNorm and BatchNorm kernels of one ISA build.
 
+#include <cmath>
 #include <cstdint>
 
 #include "kernels/vec.hpp"
@@ -62,6 +63,29 @@ Moments shifted_moments(const T* x, int64_t n, T shift, T ref) {
                             static_cast<double>(n));
 }
 
+// Moments of x[0, n) with every sum in float64 (two passes; the mean relative to ref, as in
+// chunk_moments). The other paths sum float32 values in float32 blocks: when the squared
+// deviations overflow float32 (values 1.8e19 or more from the shift) their m2 comes out inf,
+// and they redo the values here. Non-finite input still gives a non-finite result.
+template <class T>
+[[gnu::noinline, gnu::cold]] Moments wide_moments(const T* x, int64_t n, T ref) {
+  double sum = 0.0;
+  for (int64_t j = 0; j < n; ++j) sum += static_cast<double>(x[j]) - static_cast<double>(ref);
+  const double mean = sum / static_cast<double>(n);
+  double m2 = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    const double d = (static_cast<double>(x[j]) - static_cast<double>(ref)) - mean;
+    m2 += d * d;
+  }
+  return {static_cast<double>(n), mean, m2};
+}
+
+// True when m came from float32 sums that overflowed (see wide_moments).
+template <class T>
+bool overflowed(const Moments& m) {
+  return sizeof(T) < sizeof(double) && !std::isfinite(m.m2);
+}
+
 // The mean of the vector of values at x (as a shift for the moments of a run starting there).
 template <class T>
 inline T first_vector_mean(const T* x) {
@@ -77,12 +101,25 @@ inline T first_vector_mean(const T* x) {
 // equal absolute ones, which would lose digits of the between-chunk part of m2 when
 // |mean| >> std (float64 rstd was off by 5e-13 on sorted rows at mean 1e4 x std).
 template <class T>
-Moments chunk_moments(const T* x, int64_t n, T ref) {
+[[gnu::noinline, gnu::cold]] Moments chunk_moments_again(const T* x, int64_t n, T ref,
+                                                         const Moments& first, bool too_far);
+
+template <class T>
+[[gnu::always_inline]] inline Moments chunk_moments(const T* x, int64_t n, T ref) {
   const T shift = n >= Vec<T>::width ? first_vector_mean(x) : x[0];
   const Moments m = shifted_moments(x, n, shift, ref);
-  if (shift_too_far(m, static_cast<double>(shift) - static_cast<double>(ref)))
-    return shifted_moments(x, n, static_cast<T>(static_cast<double>(ref) + m.mean), ref);
+  const bool too_far = shift_too_far(m, static_cast<double>(shift) - static_cast<double>(ref));
+  if (too_far || overflowed<T>(m)) return chunk_moments_again(x, n, ref, m, too_far);
   return m;
+}
+
+// The rare rest of chunk_moments, out of line so that the common case stays small: the pass
+// again around the mean found first, or in float64 (wide_moments) if float32 sums overflowed.
+template <class T>
+Moments chunk_moments_again(const T* x, int64_t n, T ref, const Moments& first, bool too_far) {
+  Moments m = first;
+  if (too_far) m = shifted_moments(x, n, static_cast<T>(static_cast<double>(ref) + m.mean), ref);
+  return overflowed<T>(m) ? wide_moments(x, n, ref) : m;
 }
 
 // Chan, Golub & LeVeque: moments of the union of two disjoint sets.
