@@ -14,7 +14,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 #include "cpu_features.hpp"
 #include "kernels/kernels.hpp"
@@ -77,42 +76,38 @@ bool flush_due(int64_t r, int64_t r0, int64_t r1) {
 // Column layout: statistics and gradient sums of a block of rows, per column
 
 // Moments of column j over rows [r0, r1), in scalars and two passes: shift = mean of the block;
-// then the shifted sums as in tile_moments, added in Acc for blocks of kRowsPerFlush rows. For
-// the columns past the last full tile, and for a tile's column whose shift turned out too far
-// from its mean or whose float32 sums overflowed (then again with Acc = double; see
-// wide_moments).
-template <class T, class Acc = T>
+// then the shifted sums as in tile_moments (in float64 throughout if float32 sums overflow; see
+// wide_moments). For the columns past the last full tile, and for a tile's column whose shift
+// turned out too far from its mean or whose sums overflowed.
+template <class T>
 void column_moments(double* out, const T* x, T ref, int64_t cols, int64_t j, int64_t r0,
                     int64_t r1) {
   const double count = static_cast<double>(r1 - r0);
-  Acc acc = Acc(0);
+  T acc = T(0);
   double sum = 0.0;
   for (int64_t r = r0; r < r1; ++r) {
-    acc += static_cast<Acc>(x[r * cols + j]);
+    acc += x[r * cols + j];
     if (flush_due(r, r0, r1)) {
       sum += static_cast<double>(acc);
-      acc = Acc(0);
+      acc = T(0);
     }
   }
   const T shift = static_cast<T>(sum / count);
-  Acc acc_d = Acc(0), acc_d2 = Acc(0);
+  T acc_d = T(0), acc_d2 = T(0);
   double sd = 0.0, sd2 = 0.0;
   for (int64_t r = r0; r < r1; ++r) {
-    const Acc d = static_cast<Acc>(x[r * cols + j]) - static_cast<Acc>(shift);
+    const T d = x[r * cols + j] - shift;
     acc_d += d;
     acc_d2 = fma_scalar(d, d, acc_d2);
     if (flush_due(r, r0, r1)) {
       sd += static_cast<double>(acc_d);
       sd2 += static_cast<double>(acc_d2);
-      acc_d = acc_d2 = Acc(0);
+      acc_d = acc_d2 = T(0);
     }
   }
   const Moments m =
       shifted_moments_of(static_cast<double>(shift) - static_cast<double>(ref), sd, sd2, count);
-  if constexpr (!std::is_same_v<Acc, double>) {
-    if (overflowed<T>(m)) return column_moments<T, double>(out, x, ref, cols, j, r0, r1);
-  }
-  store_moments(out, m);
+  store_moments(out, overflowed<T>(m) ? wide_moments(x + r0 * cols + j, r1 - r0, cols, ref) : m);
 }
 
 // Moments of columns [j0, j0 + kChains * W) over rows [r0, r1), in registers, in one pass over

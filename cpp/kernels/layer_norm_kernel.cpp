@@ -252,7 +252,7 @@ template <class T, int64_t kVectors, bool kSequential>
     // A shift more than 2 std off (outliers up front, sorted data): again around the mean.
     if (shift_too_far(out[r], static_cast<double>(shift[r])))
       out[r] = shifted_moments(row[r], cols, static_cast<T>(out[r].mean), T(0));
-    if (overflowed<T>(out[r])) out[r] = wide_moments(row[r], cols, T(0));
+    if (overflowed<T>(out[r])) out[r] = wide_moments(row[r], cols, 1, T(0));
   }
 }
 

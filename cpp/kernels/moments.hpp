@@ -63,18 +63,20 @@ Moments shifted_moments(const T* x, int64_t n, T shift, T ref) {
                             static_cast<double>(n));
 }
 
-// Moments of x[0, n) with every sum in float64 (two passes; the mean relative to ref, as in
-// chunk_moments). The other paths sum float32 values in float32 blocks: when the squared
-// deviations overflow float32 (values 1.8e19 or more from the shift) their m2 comes out inf,
-// and they redo the values here. Non-finite input still gives a non-finite result.
+// Moments of the n values x[0], x[stride], ..., x[(n - 1) * stride] with every sum in float64
+// (two passes; the mean relative to ref, as in chunk_moments). The other paths sum float32
+// values in float32 blocks: when the squared deviations overflow float32 (values 1.8e19 or more
+// from the shift) their m2 comes out inf, and they redo the values here. Non-finite input
+// still gives a non-finite result.
 template <class T>
-[[gnu::noinline, gnu::cold]] Moments wide_moments(const T* x, int64_t n, T ref) {
+[[gnu::noinline, gnu::cold]] Moments wide_moments(const T* x, int64_t n, int64_t stride, T ref) {
   double sum = 0.0;
-  for (int64_t j = 0; j < n; ++j) sum += static_cast<double>(x[j]) - static_cast<double>(ref);
+  for (int64_t j = 0; j < n; ++j)
+    sum += static_cast<double>(x[j * stride]) - static_cast<double>(ref);
   const double mean = sum / static_cast<double>(n);
   double m2 = 0.0;
   for (int64_t j = 0; j < n; ++j) {
-    const double d = (static_cast<double>(x[j]) - static_cast<double>(ref)) - mean;
+    const double d = (static_cast<double>(x[j * stride]) - static_cast<double>(ref)) - mean;
     m2 += d * d;
   }
   return {static_cast<double>(n), mean, m2};
@@ -119,7 +121,7 @@ template <class T>
 Moments chunk_moments_again(const T* x, int64_t n, T ref, const Moments& first, bool too_far) {
   Moments m = first;
   if (too_far) m = shifted_moments(x, n, static_cast<T>(static_cast<double>(ref) + m.mean), ref);
-  return overflowed<T>(m) ? wide_moments(x, n, ref) : m;
+  return overflowed<T>(m) ? wide_moments(x, n, 1, ref) : m;
 }
 
 // Chan, Golub & LeVeque: moments of the union of two disjoint sets.
