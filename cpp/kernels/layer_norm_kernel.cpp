@@ -249,10 +249,11 @@ template <class T, int64_t kVectors, bool kSequential>
       sum_d2[r] += d * d;
     }
     out[r] = shifted_moments_of(static_cast<double>(shift[r]), sum_d[r], sum_d2[r], count);
-    // A shift more than 2 std off (outliers up front, sorted data): again around the mean.
-    if (shift_too_far(out[r], static_cast<double>(shift[r])))
-      out[r] = shifted_moments(row[r], cols, static_cast<T>(out[r].mean), T(0));
-    if (overflowed<T>(out[r])) out[r] = wide_moments(row[r], cols, 1, T(0));
+    // A shift more than 2 std off (outliers up front, sorted data), or overflowed float32
+    // sums: the row again (absolute mean: ref 0).
+    const bool too_far = shift_too_far(out[r], static_cast<double>(shift[r]));
+    if (too_far || overflowed<T>(out[r]))
+      out[r] = moments_again(row[r], cols, T(0), out[r], too_far);
   }
 }
 

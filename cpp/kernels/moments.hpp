@@ -94,6 +94,18 @@ inline T first_vector_mean(const T* x) {
   return static_cast<T>(pairwise_add(Wide<T>::of(Vec<T>::load(x)).folded()) / Vec<T>::width);
 }
 
+// The rare rest of a shifted pass over x[0, n) whose result `first` (mean relative to ref) came
+// from a shift too far from the mean, or from float32 sums that overflowed: the pass again
+// around the mean found first, and in float64 (wide_moments) if the sums overflow. Out of line
+// so that the common case of its callers stays small.
+template <class T>
+[[gnu::noinline, gnu::cold]] Moments moments_again(const T* x, int64_t n, T ref,
+                                                   const Moments& first, bool too_far) {
+  Moments m = first;
+  if (too_far) m = shifted_moments(x, n, static_cast<T>(static_cast<double>(ref) + m.mean), ref);
+  return overflowed<T>(m) ? wide_moments(x, n, 1, ref) : m;
+}
+
 // Moments of x[0, n) (a chunk that stays in L1). The shift is the mean of the first vector of
 // values: near the mean for any reasonable data, at the cost of one horizontal sum. If it
 // turns out more than two standard deviations off (an outlier up front, sorted data), the
@@ -103,25 +115,12 @@ inline T first_vector_mean(const T* x) {
 // equal absolute ones, which would lose digits of the between-chunk part of m2 when
 // |mean| >> std (float64 rstd was off by 5e-13 on sorted rows at mean 1e4 x std).
 template <class T>
-[[gnu::noinline, gnu::cold]] Moments chunk_moments_again(const T* x, int64_t n, T ref,
-                                                         const Moments& first, bool too_far);
-
-template <class T>
 [[gnu::always_inline]] inline Moments chunk_moments(const T* x, int64_t n, T ref) {
   const T shift = n >= Vec<T>::width ? first_vector_mean(x) : x[0];
   const Moments m = shifted_moments(x, n, shift, ref);
   const bool too_far = shift_too_far(m, static_cast<double>(shift) - static_cast<double>(ref));
-  if (too_far || overflowed<T>(m)) return chunk_moments_again(x, n, ref, m, too_far);
+  if (too_far || overflowed<T>(m)) return moments_again(x, n, ref, m, too_far);
   return m;
-}
-
-// The rare rest of chunk_moments, out of line so that the common case stays small: the pass
-// again around the mean found first, or in float64 (wide_moments) if float32 sums overflowed.
-template <class T>
-Moments chunk_moments_again(const T* x, int64_t n, T ref, const Moments& first, bool too_far) {
-  Moments m = first;
-  if (too_far) m = shifted_moments(x, n, static_cast<T>(static_cast<double>(ref) + m.mean), ref);
-  return overflowed<T>(m) ? wide_moments(x, n, 1, ref) : m;
 }
 
 // Chan, Golub & LeVeque: moments of the union of two disjoint sets.

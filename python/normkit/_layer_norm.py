@@ -10,7 +10,7 @@ import numpy as np
 from . import _checks, _core
 
 
-def _split(x: np.ndarray, axis: Any):
+def _split(x: np.ndarray, axis: Any) -> tuple[tuple[int, ...], tuple[int, ...], int, int]:
     """(batch_shape, normalized_shape, rows, cols) of x for the trailing ``axis``."""
     k = _checks.trailing_axes(axis, x.ndim)
     batch_shape, norm_shape = x.shape[: x.ndim - k], x.shape[x.ndim - k :]
