@@ -1,6 +1,8 @@
 #pragma once
-// The bandwidth yardstick: a STREAM-style copy moving a given number of bytes (half read, half
-// written) with a given number of threads, timed once per (bytes, threads) and cached.
+// The bandwidth yardsticks, each timed once per (size, threads) and cached:
+//  - a STREAM-style copy moving a given number of bytes (half read, half written);
+//  - the memory pattern of a kernel that must read its inputs twice (BatchNorm training: the
+//    statistics, then the output from the same inputs), with next to no arithmetic.
 
 #include <cstddef>
 
@@ -8,5 +10,9 @@ namespace normkit_bench {
 
 // Median seconds of copying bytes / 2 bytes from one buffer to another.
 double copy_seconds(std::size_t bytes, int threads);
+
+// Median seconds of one pass reading in_bytes, then a second pass reading them again and
+// writing out_bytes (streamed, like normkit's large outputs); in_bytes is 1 or 2 times out_bytes.
+double two_pass_seconds(std::size_t in_bytes, std::size_t out_bytes, int threads);
 
 }  // namespace normkit_bench

@@ -57,8 +57,9 @@ Buffer<T> random_values(std::size_t n, unsigned seed) {
   return v;
 }
 
-// Times f with real time; reports bytes, GB/s and the percentage of a copy of `bytes`.
-void run(benchmark::State& state, double bytes, int threads, const std::function<void()>& f) {
+// Times f with real time; reports bytes, GB/s and the percentage of a copy of `bytes`, and
+// returns the seconds per call.
+double run(benchmark::State& state, double bytes, int threads, const std::function<void()>& f) {
   f();  // warm-up: first touch, caches
   const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
@@ -72,6 +73,18 @@ void run(benchmark::State& state, double bytes, int threads, const std::function
   state.counters["GB/s"] = bytes / per_iteration / 1e9;
   state.counters["pct_of_copy"] =
       100.0 * normkit_bench::copy_seconds(static_cast<std::size_t>(bytes), threads) / per_iteration;
+  return per_iteration;
+}
+
+// BatchNorm training must read its inputs twice (statistics, then the output): the percentage
+// of that memory pattern's own time (two_pass_seconds), beside the percentage of a copy.
+void report_two_pass(benchmark::State& state, double seconds, double in_bytes, double out_bytes,
+                     int threads) {
+  state.counters["pct_of_two_pass"] =
+      100.0 *
+      normkit_bench::two_pass_seconds(static_cast<std::size_t>(in_bytes),
+                                      static_cast<std::size_t>(out_bytes), threads) /
+      seconds;
 }
 
 void use(normkit::Isa isa, int threads) {
@@ -126,13 +139,16 @@ void batch_norm(benchmark::State& state, normkit::Isa isa, int threads, BatchNor
                                  gamma.data(), beta.data(), sh.n, sh.c, sh.s, true, 0.1, 1e-5);
   const double elems = static_cast<double>(n);
   switch (pass) {
-    case BatchNormPass::train_forward:
-      run(state, double(sizeof(T)) * 2.0 * elems, threads, [&] {
+    case BatchNormPass::train_forward: {
+      const double seconds = run(state, double(sizeof(T)) * 2.0 * elems, threads, [&] {
         normkit::batch_norm_forward<T>(y.data(), mean.data(), invstd.data(), running_mean.data(),
                                        running_var.data(), x.data(), gamma.data(), beta.data(),
                                        sh.n, sh.c, sh.s, true, 0.1, 1e-5);
       });
+      report_two_pass(state, seconds, double(sizeof(T)) * elems, double(sizeof(T)) * elems,
+                      threads);
       break;
+    }
     case BatchNormPass::inference:
       run(state, double(sizeof(T)) * 2.0 * elems, threads, [&] {
         normkit::batch_norm_forward<T>(y.data(), mean.data(), invstd.data(), running_mean.data(),
@@ -140,13 +156,16 @@ void batch_norm(benchmark::State& state, normkit::Isa isa, int threads, BatchNor
                                        sh.n, sh.c, sh.s, false, 0.1, 1e-5);
       });
       break;
-    case BatchNormPass::train_backward:
-      run(state, double(sizeof(T)) * 3.0 * elems, threads, [&] {
+    case BatchNormPass::train_backward: {
+      const double seconds = run(state, double(sizeof(T)) * 3.0 * elems, threads, [&] {
         normkit::batch_norm_backward<T>(dx.data(), dgamma.data(), dbeta.data(), dy.data(), x.data(),
                                         mean.data(), invstd.data(), gamma.data(), sh.n, sh.c, sh.s,
                                         true);
       });
+      report_two_pass(state, seconds, double(sizeof(T)) * 2.0 * elems, double(sizeof(T)) * elems,
+                      threads);
       break;
+    }
   }
 }
 
@@ -230,7 +249,9 @@ void register_batch_norm(BatchNormShape sh, BatchNormPass pass, int threads) {
             pass == BatchNormPass::train_backward
                 ? peer::batch_norm_backward(sh.n, sh.c, sh.s)
                 : peer::batch_norm_forward(sh.n, sh.c, sh.s, pass == BatchNormPass::train_forward);
-        run(s, bytes, threads, f);
+        const double seconds = run(s, bytes, threads, f);
+        if (pass != BatchNormPass::inference)
+          report_two_pass(s, seconds, bytes - 4.0 * n, 4.0 * n, threads);
       }));
 #endif
 }
