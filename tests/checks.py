@@ -217,6 +217,21 @@ def numeric_grad(f, a, h=1e-6, indices=None):
     return grad.reshape(a.shape)
 
 
+def assert_same_with_one_and_two_threads(compute):
+    """compute() -> tuple of arrays (or None) gives the same bits on 1 and on 2 threads."""
+    before = normkit.get_num_threads()
+    try:
+        normkit.set_num_threads(1)
+        one = compute()
+        normkit.set_num_threads(2)
+        two = compute()
+    finally:
+        normkit.set_num_threads(before)
+    assert len(one) == len(two)
+    for a, b in zip(one, two):
+        assert (a is None and b is None) or np.array_equal(a, b), "1 and 2 threads differ"
+
+
 SMALL_CASES = [(4, 1), (3, 7), (5, 17), (2, 33), (3, 4099), (1, 65537), (300, 16)]
 
 

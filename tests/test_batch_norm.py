@@ -5,7 +5,13 @@ import math
 import normkit
 import numpy as np
 import pytest
-from checks import BN_CASES, assert_close, check_batch_norm, numeric_grad
+from checks import (
+    BN_CASES,
+    assert_close,
+    assert_same_with_one_and_two_threads,
+    check_batch_norm,
+    numeric_grad,
+)
 from normkit import BatchNorm, reference
 
 DTYPES = [np.float32, np.float64]
@@ -207,25 +213,20 @@ def test_threads_give_bitwise_identical_results(isa, shape, axis, dtype):
     dy = rng.standard_normal(shape).astype(dtype)
     c = shape[axis]
     gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
-    before = normkit.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2):
-            normkit.set_num_threads(n)
-            rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
-            y, mean, invstd = normkit.batch_norm_forward(
-                x, rm, rv, gamma, beta, training=True, axis=axis
-            )
-            grads = normkit.batch_norm_backward(dy, x, mean, invstd, gamma, axis=axis)
-            y_eval = normkit.batch_norm(x, rm, rv, gamma, beta, axis=axis)
-            eval_grads = normkit.batch_norm_backward(
-                dy, x, mean, invstd, gamma, training=False, axis=axis
-            )
-            results.append((y, mean, invstd, rm, rv, y_eval, *grads, *eval_grads))
-    finally:
-        normkit.set_num_threads(before)
-    for a, b in zip(*results):
-        assert np.array_equal(a, b), "1 and 2 threads differ"
+
+    def compute():
+        rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+        y, mean, invstd = normkit.batch_norm_forward(
+            x, rm, rv, gamma, beta, training=True, axis=axis
+        )
+        grads = normkit.batch_norm_backward(dy, x, mean, invstd, gamma, axis=axis)
+        y_eval = normkit.batch_norm(x, rm, rv, gamma, beta, axis=axis)
+        eval_grads = normkit.batch_norm_backward(
+            dy, x, mean, invstd, gamma, training=False, axis=axis
+        )
+        return (y, mean, invstd, rm, rv, y_eval, *grads, *eval_grads)
+
+    assert_same_with_one_and_two_threads(compute)
 
 
 @pytest.mark.parametrize("axis", [1, -1])

@@ -6,7 +6,15 @@ import threading
 import normkit
 import numpy as np
 import pytest
-from checks import assert_close, check_layer_norm, numeric_grad, ref_backward, ref_forward, y_scale
+from checks import (
+    assert_close,
+    assert_same_with_one_and_two_threads,
+    check_layer_norm,
+    numeric_grad,
+    ref_backward,
+    ref_forward,
+    y_scale,
+)
 
 WIDTHS = [1, 3, 7, 15, 16, 17, 31, 32, 33, 64, 100, 128, 255, 256, 257, 1000, 4099, 65537]
 DTYPES = [np.float32, np.float64]
@@ -291,17 +299,12 @@ def test_threads_give_bitwise_identical_results(isa, shape, dtype):
     dy = rng.standard_normal(shape).astype(dtype)
     gamma = rng.standard_normal(shape[-1]).astype(dtype)
     beta = rng.standard_normal(shape[-1]).astype(dtype)
-    before = normkit.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2):
-            normkit.set_num_threads(n)
-            y, mean, rstd = normkit.layer_norm_forward(x, gamma, beta)
-            results.append((y, mean, rstd, *normkit.layer_norm_backward(dy, x, mean, rstd, gamma)))
-    finally:
-        normkit.set_num_threads(before)
-    for a, b in zip(*results):
-        assert np.array_equal(a, b), "1 and 2 threads differ"
+
+    def compute():
+        y, mean, rstd = normkit.layer_norm_forward(x, gamma, beta)
+        return (y, mean, rstd, *normkit.layer_norm_backward(dy, x, mean, rstd, gamma))
+
+    assert_same_with_one_and_two_threads(compute)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

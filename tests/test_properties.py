@@ -2,7 +2,7 @@
 
 import normkit
 import numpy as np
-from checks import check_batch_norm, check_layer_norm
+from checks import assert_same_with_one_and_two_threads, check_batch_norm, check_layer_norm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,19 +49,6 @@ boundary_widths = st.one_of(
 spatial = st.sampled_from([1, 2, 3, 15, 16, 17, 49, 196, 4095, 4096, 4097])
 
 
-def _same_with_one_and_two_threads(compute):
-    before = normkit.get_num_threads()
-    try:
-        normkit.set_num_threads(1)
-        one = compute()
-        normkit.set_num_threads(2)
-        two = compute()
-    finally:
-        normkit.set_num_threads(before)
-    for a, b in zip(one, two):
-        assert (a is None and b is None) or np.array_equal(a, b), "1 and 2 threads differ"
-
-
 @settings(max_examples=20, deadline=None)
 @given(width=boundary_widths, dtype=dtypes, offset=offsets, seed=st.integers(0, 1000))
 def test_layer_norm_larger_shapes(width, dtype, offset, seed):
@@ -76,7 +63,7 @@ def test_layer_norm_larger_shapes(width, dtype, offset, seed):
         y, mean, rstd = normkit.layer_norm_forward(x, gamma, None)
         return (y, mean, rstd, *normkit.layer_norm_backward(dy, x, mean, rstd, gamma))
 
-    _same_with_one_and_two_threads(compute)
+    assert_same_with_one_and_two_threads(compute)
 
 
 @settings(max_examples=20, deadline=None)
@@ -108,4 +95,4 @@ def test_batch_norm_larger_shapes(c, s, axis, dtype, offset, seed):
             *normkit.batch_norm_backward(dy, x, mean, invstd, gamma, axis=axis),
         )
 
-    _same_with_one_and_two_threads(compute)
+    assert_same_with_one_and_two_threads(compute)
