@@ -2,7 +2,8 @@
 // inference, training backward; both layouts) x float32/float64 x realistic shapes x every
 // available ISA x 1 and all threads, timed with real time (OpenMP). Each row reports the
 // compulsory bytes (inputs read once + outputs written once), GB/s, and pct_of_copy: the speed
-// of a STREAM-style copy of the same byte count on the same threads, measured in this binary.
+// of a STREAM-style copy of the same byte count on the same threads, measured in this binary;
+// BatchNorm training rows also pct_of_two_pass, against their own two-pass memory pattern.
 // With -DNORMKIT_BENCH_ONEDNN=ON, oneDNN's primitives run the same float32 cases as peers.
 //
 //   normkit_bench [--benchmark_filter=REGEX] [--benchmark_format=json] [--benchmark_min_time=0.1s]
