@@ -3,9 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
-#include <map>
-#include <tuple>
-#include <utility>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -19,13 +16,13 @@
 namespace normkit_bench {
 namespace {
 
-// Median seconds of f() over 15 runs on `threads` threads.
+// Median seconds of f() over 9 runs on `threads` threads.
 template <class F>
 double median_seconds(int threads, const F& f) {
   const int before = normkit::get_num_threads();
   normkit::set_num_threads(threads);
   std::vector<double> times;
-  for (int rep = 0; rep < 15; ++rep) {
+  for (int rep = 0; rep < 9; ++rep) {
     const auto t0 = std::chrono::steady_clock::now();
     f();
     times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -65,40 +62,32 @@ void block_out(uint32_t* out, const uint32_t* in, int64_t stride, bool two_input
 }  // namespace
 
 double copy_seconds(std::size_t bytes, int threads) {
-  static std::map<std::pair<std::size_t, int>, double> cache;
-  const auto key = std::make_pair(bytes, threads);
-  if (auto it = cache.find(key); it != cache.end()) return it->second;
   const std::size_t half = bytes / 2;
   Buffer<char> src(half, 1), dst(half, 0);
-  return cache[key] =
-             median_seconds(threads, [&] { normkit::parallel_copy(dst.data(), src.data(), half); });
+  return median_seconds(threads, [&] { normkit::parallel_copy(dst.data(), src.data(), half); });
 }
 
 double two_pass_seconds(std::size_t in_bytes, std::size_t out_bytes, int threads) {
-  static std::map<std::tuple<std::size_t, std::size_t, int>, double> cache;
-  const auto key = std::make_tuple(in_bytes, out_bytes, threads);
-  if (auto it = cache.find(key); it != cache.end()) return it->second;
   const int64_t n_out = static_cast<int64_t>(out_bytes / 4);
   const bool two_inputs = in_bytes >= 2 * out_bytes;
   Buffer<uint32_t> in(static_cast<std::size_t>(two_inputs ? 2 * n_out : n_out), 1u);
   Buffer<uint32_t> out(static_cast<std::size_t>(n_out), 0u);
   const int64_t n_in = static_cast<int64_t>(in.size());
   std::vector<uint32_t> sums(static_cast<std::size_t>((n_in + kWords - 1) / kWords));
-  return cache[key] = median_seconds(threads, [&] {
-           normkit::parallel_for(
-               static_cast<int64_t>(sums.size()), kWords, [&](int64_t b0, int64_t b1) {
-                 for (int64_t b = b0; b < b1; ++b)
-                   sums[b] = block_sum(in.data() + b * kWords, std::min(kWords, n_in - b * kWords));
-               });
-           uint32_t k = 0;
-           for (uint32_t s : sums) k += s;
-           const int64_t n_tasks = (n_out + kWords - 1) / kWords;
-           normkit::parallel_for(n_tasks, kWords, [&](int64_t t0, int64_t t1) {
-             for (int64_t t = t0; t < t1; ++t)
-               block_out(out.data() + t * kWords, in.data() + t * kWords, n_out, two_inputs, k,
-                         std::min(kWords, n_out - t * kWords));
-           });
-         });
+  return median_seconds(threads, [&] {
+    normkit::parallel_for(static_cast<int64_t>(sums.size()), kWords, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        sums[b] = block_sum(in.data() + b * kWords, std::min(kWords, n_in - b * kWords));
+    });
+    uint32_t k = 0;
+    for (uint32_t s : sums) k += s;
+    const int64_t n_tasks = (n_out + kWords - 1) / kWords;
+    normkit::parallel_for(n_tasks, kWords, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t)
+        block_out(out.data() + t * kWords, in.data() + t * kWords, n_out, two_inputs, k,
+                  std::min(kWords, n_out - t * kWords));
+    });
+  });
 }
 
 }  // namespace normkit_bench

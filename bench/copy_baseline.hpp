@@ -1,5 +1,6 @@
 #pragma once
-// The bandwidth yardsticks, each timed once per (size, threads) and cached:
+// The bandwidth yardsticks, timed afresh at every call (right after the kernel they measure, so
+// that a kernel and its yardstick see the same machine on a shared, noisy host):
 //  - a STREAM-style copy moving a given number of bytes (half read, half written);
 //  - the memory pattern of a kernel that must read its inputs twice (BatchNorm training: the
 //    statistics, then the output from the same inputs), with next to no arithmetic.

@@ -1,5 +1,6 @@
 """Markdown table from ``normkit_bench --benchmark_format=json``: one row per kernel, shape and
-thread count, normkit (one ISA) beside its oneDNN twin when there is one.
+thread count, normkit (one ISA) beside its oneDNN twin when there is one. With repetitions
+(``--benchmark_repetitions=N``), every number is the median over them.
 
     normkit_bench --benchmark_format=json > native.json
     python bench/native_table.py native.json [--isa avx512] [--dtype f32]
@@ -19,8 +20,14 @@ def main() -> None:
     with open(args.json_file) as f:
         data = json.load(f)
     isa = args.isa or data["context"]["normkit_isa_available"].split(",")[-1]
+    # Repeated runs also write aggregates: keep the medians (their counters are medians too).
+    repeated = any(b.get("run_type") == "aggregate" for b in data["benchmarks"])
     rows = {}
-    for b in data["benchmarks"]:
+    # Registration order (interleaved repetitions come out shuffled).
+    benchmarks = sorted(data["benchmarks"], key=lambda b: b.get("family_index", 0))
+    for b in benchmarks:
+        if repeated and b.get("aggregate_name") != "median":
+            continue
         kernel, dtype, impl, threads, shape = b["name"].split("/")[:5]
         if dtype != args.dtype or impl not in (isa, "onednn"):
             continue
