@@ -321,11 +321,12 @@ def test_row_results_do_not_depend_on_neighbouring_rows(isa, cols, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("cols", [64, 100, 128, 256])
+@pytest.mark.parametrize("cols", [64, 100, 128, 256, 768, 1000, 4096])
 def test_row_results_do_not_depend_on_array_size(isa, cols, dtype):
-    # Arrays from the streaming size on are read in a different order (each row's shift found
-    # as the pass reaches it, not for a whole group up front); the same rows must give the
-    # same bits as in a small array.
+    # Arrays from the streaming size on are read in a different order (each short row's shift
+    # found as the pass reaches it, not for a whole group up front; longer rows normalized a
+    # KiB at a time between prefetches); the same rows must give the same bits as in a small
+    # array.
     rng = np.random.default_rng(9)
     rows = normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + 1
     x = (rng.standard_normal((rows, cols)) * 3 + 1e4).astype(dtype)

@@ -580,6 +580,14 @@ void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* b
     // Rows go in groups (that fit in L1): statistics of the whole group first, so the CPU
     // overlaps the reductions of independent rows, then their normalization.
     constexpr int64_t kMaxGroup = 16;
+    // From memory, the hardware prefetchers stop following x while the core only normalizes
+    // a group from cache and streams it out, and the next group's statistics pass starts on
+    // misses. So a streamed row is normalized a KiB at a time, each KiB followed by a prefetch
+    // of the same KiB of the matching row of the next group into L2 (not into L1, where it
+    // would evict the rows, gamma and beta being read: 30-50 % slower than no prefetch).
+    // float32 from memory, 1 / 2 threads: 4096x4096 6.0 -> 4.9 / 4.0 -> 3.6 ms, 8192x768
+    // 2.1 -> 1.7 / 1.3 -> 1.1 ms.
+    constexpr int64_t kPrefetchSpan = 1024 / int64_t{sizeof(T)};
     const int64_t group = cols >= 4096 ? 1 : (4096 / cols < kMaxGroup ? 4096 / cols : kMaxGroup);
     parallel_for(rows, cols, [&](int64_t r0, int64_t r1) {
       RowScale<T> scales[kMaxGroup];
@@ -589,8 +597,20 @@ void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* b
           scales[i - g0] = row_scale<T>(run_moments(x + i * cols, cols), eps);
           finish_row(i, scales[i - g0]);
         }
-        for (int64_t i = g0; i < g1; ++i)
-          normalize<T, kStream>(y + i * cols, x + i * cols, gamma, beta, scales[i - g0], 0, cols);
+        for (int64_t i = g0; i < g1; ++i) {
+          if (!kStream || i + group >= r1) {
+            normalize<T, kStream>(y + i * cols, x + i * cols, gamma, beta, scales[i - g0], 0, cols);
+            continue;
+          }
+          // (the matching row of the next group: see kPrefetchSpan)
+          const char* next = reinterpret_cast<const char*>(x + (i + group) * cols);
+          for (int64_t c0 = 0; c0 < cols; c0 += kPrefetchSpan) {
+            const int64_t n = c0 + kPrefetchSpan < cols ? kPrefetchSpan : cols - c0;
+            normalize<T, true>(y + i * cols, x + i * cols, gamma, beta, scales[i - g0], c0, n);
+            for (int64_t b = 0; b < n * int64_t{sizeof(T)}; b += 64)
+              __builtin_prefetch(next + c0 * int64_t{sizeof(T)} + b, 0, 2);  // prefetcht1
+          }
+        }
       }
       if constexpr (kStream) stream_fence();
     });
