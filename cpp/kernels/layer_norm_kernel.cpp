@@ -420,10 +420,10 @@ GradSums grad_sums(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t
                                    a.rstd[row], n);
 }
 
+// dx of columns [c0, c0 + n) of a row.
 template <class T, bool kStream>
-void dx_chunk(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t chunk,
-              const GradSums& row_sums) {
-  const int64_t c0 = p.chunk_begin(chunk), n = p.chunk_size(chunk);
+void dx_span(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t c0, int64_t n,
+             const GradSums& row_sums) {
   const int64_t off = row * p.cols + c0;
   const double count = static_cast<double>(p.cols);
   const T mean_g = static_cast<T>(row_sums.g / count);
@@ -434,6 +434,12 @@ void dx_chunk(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t chun
   else
     chunk_dx<T, false, kStream>(a.dx + off, a.dy + off, a.x + off, nullptr, a.mean[row],
                                 a.rstd[row], mean_g, mean_gx, n);
+}
+
+template <class T, bool kStream>
+void dx_chunk(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t chunk,
+              const GradSums& row_sums) {
+  dx_span<T, kStream>(a, p, row, p.chunk_begin(chunk), p.chunk_size(chunk), row_sums);
 }
 
 // dgamma[j] = sum over blocks of dgamma_part[b][j], added in block order (likewise dbeta).
@@ -801,6 +807,7 @@ void backward_impl(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T*
       TaskBuffer<T> acc(affine ? 2 * cols : 0);
       T* acc_g = acc.data();
       T* acc_b = acc_g + cols;
+      const int64_t last_row = p.block_end(b1 - 1) - 1;
       for (int64_t b = b0; b < b1; ++b) {
         if (affine) {
           zero(a.dgamma_part + b * cols, cols);
@@ -818,7 +825,26 @@ void backward_impl(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T*
             flush_param_partials(a.dgamma_part + b * cols, acc_g, cols);
             flush_param_partials(a.dbeta_part + b * cols, acc_b, cols);
           }
-          for (int64_t c = 0; c < p.n_chunks; ++c) dx_chunk<T, kStream>(a, p, i, c, row);
+          if (!kStream || i == last_row) {
+            for (int64_t c = 0; c < p.n_chunks; ++c) dx_chunk<T, kStream>(a, p, i, c, row);
+            continue;
+          }
+          // Streamed: dx a KiB at a time, each KiB followed by a prefetch of the same KiB of
+          // the next row's x and dy into L2, for the reason given in forward_impl (the
+          // prefetchers idle while the core only streams dx out). float32 from memory, 1 / 2
+          // threads: 4096x4096 15.1 -> 12.5 / 8.3 -> 7.5 ms, 8192x768 4.6 -> 4.3 / 2.4 -> 2.2.
+          constexpr int64_t kSpan = 1024 / int64_t{sizeof(T)};
+          const char* next_x = reinterpret_cast<const char*>(a.x + (i + 1) * cols);
+          const char* next_dy = reinterpret_cast<const char*>(a.dy + (i + 1) * cols);
+          for (int64_t c0 = 0; c0 < cols; c0 += kSpan) {
+            const int64_t n = c0 + kSpan < cols ? kSpan : cols - c0;
+            dx_span<T, true>(a, p, i, c0, n, row);
+            const int64_t end = (c0 + n) * int64_t{sizeof(T)};
+            for (int64_t byte = c0 * int64_t{sizeof(T)}; byte < end; byte += 64) {
+              __builtin_prefetch(next_x + byte, 0, 2);  // prefetcht1
+              __builtin_prefetch(next_dy + byte, 0, 2);
+            }
+          }
         }
       }
       if constexpr (kStream) stream_fence();
