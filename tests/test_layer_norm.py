@@ -290,7 +290,8 @@ def test_output_dtype_follows_input(rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "shape",
-    [(1, 262144), (3, 100003), (3000, 129), (1001, 100), (300, 4097), (70000, 3)],
+    # (100, 5000): rows in parallel on one thread, rows split by chunk on two
+    [(1, 262144), (3, 100003), (3000, 129), (1001, 100), (300, 4097), (100, 5000), (70000, 3)],
     ids=str,
 )
 def test_threads_give_bitwise_identical_results(isa, shape, dtype):
