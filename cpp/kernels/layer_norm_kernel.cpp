@@ -478,7 +478,8 @@ RowDx<T> row_dx(const BackwardArgs<T>& a, const Plan& p, int64_t row, const Grad
 }
 
 // kN vectors of columns from j0 on, down the n_rows rows from `row` (constants in rc): dx, and
-// the rows' dgamma/dbeta contributions added to acc_g/acc_b, held in registers down the rows.
+// the rows' dgamma/dbeta contributions added to acc_g/acc_b, held in registers down the rows
+// (with AVX-512; AVX2's 16 registers keep part of them in L1).
 // Per column the rows are added in order, as chunk_grad_sums does row by row: the same bits.
 // dx is streamed (kStream) in the rows whose vectors are aligned for it.
 // Scalar math: xhat = (x - mean) * rstd;  dgamma_acc += dy * xhat;  dbeta_acc += dy;
