@@ -82,10 +82,10 @@ void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
   if (gamma && (!dgamma || !dbeta))
     throw std::invalid_argument("batch_norm_backward: dgamma and dbeta are required with gamma");
   const Kernels<T>& k = active_kernels().of<T>();
-  const double count = static_cast<double>(n * s);
 
-  // dx = scale * (dy - a - xhat * b); in eval mode a = b = 0.
-  std::vector<T> scale(c), a(c), b(c);
+  // dx = scale * (dy - a - xhat * b), with a and b from the sums in training; in eval mode
+  // dx = scale * dy.
+  std::vector<T> scale(c);
   for (int64_t ch = 0; ch < c; ++ch) {
     const double g = gamma ? static_cast<double>(gamma[ch]) : 1.0;
     scale[ch] = static_cast<T>(g * static_cast<double>(invstd[ch]));
@@ -97,17 +97,11 @@ void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
       k.batch_norm_grad_sums(sum_dy.data(), sum_dy_xhat.data(), dx, dy, x, mean, invstd,
                              scale.data(), n, c, s);
     else
-      k.batch_norm_backward_apply(dx, dy, nullptr, mean, invstd, scale.data(), a.data(), b.data(),
-                                  n, c, s);
+      k.batch_norm_backward_apply(dx, dy, nullptr, mean, invstd, scale.data(), nullptr, nullptr, n,
+                                  c, s);
   } else {
-    if (n > 0)
-      k.batch_norm_grad_sums(sum_dy.data(), sum_dy_xhat.data(), nullptr, dy, x, mean, invstd,
-                             nullptr, n, c, s);
-    for (int64_t ch = 0; ch < c; ++ch) {
-      a[ch] = count > 0 ? static_cast<T>(sum_dy[ch] / count) : T(0);
-      b[ch] = count > 0 ? static_cast<T>(sum_dy_xhat[ch] / count) : T(0);
-    }
-    k.batch_norm_backward_apply(dx, dy, x, mean, invstd, scale.data(), a.data(), b.data(), n, c, s);
+    k.batch_norm_train_backward(dx, sum_dy.data(), sum_dy_xhat.data(), dy, x, mean, invstd,
+                                scale.data(), n, c, s);
   }
   if (gamma) {
     for (int64_t ch = 0; ch < c; ++ch) {

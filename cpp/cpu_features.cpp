@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <string>
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define NORMKIT_X86 1
@@ -54,20 +55,24 @@ CpuFeatures detect() { return {}; }
 
 namespace {
 
-// Last-level cache size from Linux's sysfs ("32768K"), else the C library, else 0.
-long long last_level_cache_bytes() {
-  static const char* const paths[] = {"/sys/devices/system/cpu/cpu0/cache/index3/size",
-                                      "/sys/devices/system/cpu/cpu0/cache/index2/size"};
-  for (const char* path : paths) {
-    if (std::FILE* f = std::fopen(path, "r")) {
-      long long value = 0;
-      char unit = 0;
-      const int got = std::fscanf(f, "%lld%c", &value, &unit);
-      std::fclose(f);
-      if (got >= 1 && value > 0)
-        return unit == 'K' ? value << 10 : unit == 'M' ? value << 20 : value;
-    }
+// A cache size from Linux's sysfs ("32768K"; index2 is the L2, index3 the L3), else 0.
+long long sysfs_cache_bytes(int index) {
+  const std::string path =
+      "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size";
+  if (std::FILE* f = std::fopen(path.c_str(), "r")) {
+    long long value = 0;
+    char unit = 0;
+    const int got = std::fscanf(f, "%lld%c", &value, &unit);
+    std::fclose(f);
+    if (got >= 1 && value > 0) return unit == 'K' ? value << 10 : unit == 'M' ? value << 20 : value;
   }
+  return 0;
+}
+
+// Last-level cache size: sysfs (L3, else L2), else the C library, else 0.
+long long last_level_cache_bytes() {
+  for (int index : {3, 2})
+    if (const long long bytes = sysfs_cache_bytes(index)) return bytes;
 #ifdef _SC_LEVEL3_CACHE_SIZE
   return sysconf(_SC_LEVEL3_CACHE_SIZE);
 #else
@@ -83,6 +88,17 @@ long long stream_threshold_bytes() {
     if (llc <= 0) llc = 32ll << 20;
     const long long quarter = llc / 4;
     return quarter<(8ll << 20) ? 8ll << 20 : quarter>(64ll << 20) ? 64ll << 20 : quarter;
+  }();
+  return bytes;
+}
+
+long long l2_cache_bytes() {
+  static const long long bytes = [] {
+    long long l2 = sysfs_cache_bytes(2);
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    if (l2 <= 0) l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return l2 > 0 ? l2 : 256ll << 10;
   }();
   return bytes;
 }

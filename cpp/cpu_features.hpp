@@ -18,4 +18,7 @@ const CpuFeatures& cpu_features();
 // read-for-ownership of every output line.
 long long stream_threshold_bytes();
 
+// Size of one core's L2 cache (sysfs, else the C library; 256 KiB if neither says); read once.
+long long l2_cache_bytes();
+
 }  // namespace normkit

@@ -204,6 +204,8 @@ def test_misaligned_out_of_a_streamed_array(isa, layout, training):
         ((70000, 5), -1),
         ((300, 1024), 1),
         ((4, 2, 70001), 1),
+        # streamed, channels of at most 512 KiB: one channel at a time per thread on two threads
+        ((500, 72, 7, 9), 1),
     ],
     ids=str,
 )

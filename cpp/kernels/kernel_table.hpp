@@ -36,6 +36,12 @@ using BatchNormBackwardApplyFn = void (*)(T* dx, const T* dy, const T* x, const 
                                           const T* invstd, const T* k, const T* a, const T* b,
                                           int64_t n, int64_t c, int64_t s);
 
+// train_backward: the training backward; float64 sums of dy and dy * xhat per channel, and
+// dx = k * (dy - a - (x - mean) * invstd * b) with a = sum_dy / (n * s), b = sum_dy_xhat / (n * s).
+template <class T>
+using BatchNormTrainBackwardFn = void (*)(T* dx, double* sum_dy, double* sum_dy_xhat, const T* dy,
+                                          const T* x, const T* mean, const T* invstd, const T* k,
+                                          int64_t n, int64_t c, int64_t s);
 // One ISA build's kernels, for one dtype.
 template <class T>
 struct Kernels {
@@ -45,6 +51,7 @@ struct Kernels {
   BatchNormApplyFn<T> batch_norm_apply;
   BatchNormGradSumsFn<T> batch_norm_grad_sums;
   BatchNormBackwardApplyFn<T> batch_norm_backward_apply;
+  BatchNormTrainBackwardFn<T> batch_norm_train_backward;
 };
 
 struct KernelTable {

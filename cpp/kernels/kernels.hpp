@@ -36,5 +36,9 @@ template <class T>
 void batch_norm_backward_apply(T* dx, const T* dy, const T* x, const T* mean, const T* invstd,
                                const T* k, const T* a, const T* b, int64_t n, int64_t c, int64_t s);
 
+template <class T>
+void batch_norm_train_backward(T* dx, double* sum_dy, double* sum_dy_xhat, const T* dy, const T* x,
+                               const T* mean, const T* invstd, const T* k, int64_t n, int64_t c,
+                               int64_t s);
 }  // namespace NORMKIT_CPU_NS
 }  // namespace normkit
