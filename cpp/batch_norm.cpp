@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "dispatch.hpp"
+#include "kernels/channel_affine.hpp"
 
 namespace normkit {
 namespace {
@@ -39,29 +40,25 @@ void batch_norm_forward(T* y, T* mean, T* invstd, T* running_mean, T* running_va
         std::to_string(count));
 
   const Kernels<T>& k = active_kernels().of<T>();
-  // Per-channel constants of y = (x - mean_hi) * scale + shift. The float64 mean is split into
-  // mean_hi (in T) and a remainder folded into the shift, so x - mean_hi is exact for data near
-  // the mean and the output keeps full precision when |mean| >> std.
-  std::vector<T> mean_hi(c), scale(c), shift(c);
   std::vector<double> batch_mean, batch_var;
   if (batch_stats) {
     batch_mean.resize(c);
     batch_var.resize(c);
-    k.batch_norm_stats(batch_mean.data(), batch_var.data(), x, n, c, s);
+    k.batch_norm_train_forward(y, mean, invstd, batch_mean.data(), batch_var.data(), x, gamma, beta,
+                               eps, n, c, s);
+  } else {
+    std::vector<T> mean_hi(c), scale(c), shift(c);
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const ChannelAffine<T> a =
+          channel_affine(static_cast<double>(running_mean[ch]),
+                         static_cast<double>(running_var[ch]), gamma, beta, ch, eps);
+      mean_hi[ch] = mean[ch] = a.mean_hi;
+      scale[ch] = a.scale;
+      shift[ch] = a.shift;
+      invstd[ch] = a.invstd;
+    }
+    k.batch_norm_apply(y, x, mean_hi.data(), scale.data(), shift.data(), n, c, s);
   }
-  for (int64_t ch = 0; ch < c; ++ch) {
-    const double m = batch_stats ? batch_mean[ch] : static_cast<double>(running_mean[ch]);
-    const double v = batch_stats ? batch_var[ch] : static_cast<double>(running_var[ch]);
-    const double rstd = 1.0 / std::sqrt(v + eps);
-    const double scale_d = gamma ? rstd * static_cast<double>(gamma[ch]) : rstd;
-    mean_hi[ch] = static_cast<T>(m);
-    scale[ch] = static_cast<T>(scale_d);
-    const double beta_d = beta ? static_cast<double>(beta[ch]) : 0.0;
-    shift[ch] = static_cast<T>(beta_d - (m - static_cast<double>(mean_hi[ch])) * scale_d);
-    mean[ch] = mean_hi[ch];
-    invstd[ch] = static_cast<T>(rstd);
-  }
-  k.batch_norm_apply(y, x, mean_hi.data(), scale.data(), shift.data(), n, c, s);
 
   if (training && running_mean) {
     const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);

@@ -259,6 +259,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("cached_bytes", &normkit::pool_cached_bytes);
   m.def("stream_threshold_bytes", &normkit::stream_threshold_bytes,
         "Outputs of at least this many bytes are written with streaming (non-temporal) stores.");
+  m.def("l2_cache_bytes", &normkit::l2_cache_bytes, "One core's L2 cache, as the kernels see it.");
+  m.def("last_level_cache_bytes", &normkit::last_level_cache_bytes,
+        "The last-level cache, as the kernels see it (0: unknown).");
   m.def(
       "copy",
       [](py::array& dst, const py::array& src) {

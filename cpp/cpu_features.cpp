@@ -69,18 +69,20 @@ long long sysfs_cache_bytes(int index) {
   return 0;
 }
 
-// Last-level cache size: sysfs (L3, else L2), else the C library, else 0.
-long long last_level_cache_bytes() {
-  for (int index : {3, 2})
-    if (const long long bytes = sysfs_cache_bytes(index)) return bytes;
-#ifdef _SC_LEVEL3_CACHE_SIZE
-  return sysconf(_SC_LEVEL3_CACHE_SIZE);
-#else
-  return 0;
-#endif
-}
-
 }  // namespace
+
+long long last_level_cache_bytes() {
+  static const long long bytes = [] {
+    for (int index : {3, 2})
+      if (const long long found = sysfs_cache_bytes(index)) return found;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+    return static_cast<long long>(sysconf(_SC_LEVEL3_CACHE_SIZE));
+#else
+    return 0ll;
+#endif
+  }();
+  return bytes;
+}
 
 long long stream_threshold_bytes() {
   static const long long bytes = [] {

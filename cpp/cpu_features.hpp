@@ -18,6 +18,10 @@ const CpuFeatures& cpu_features();
 // read-for-ownership of every output line.
 long long stream_threshold_bytes();
 
+// Size of the last-level cache (sysfs: the L3, else the L2; else the C library; 0 if neither
+// says); read once.
+long long last_level_cache_bytes();
+
 // Size of one core's L2 cache (sysfs, else the C library; 256 KiB if neither says); read once.
 long long l2_cache_bytes();
 

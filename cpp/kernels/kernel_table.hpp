@@ -16,10 +16,6 @@ using LayerNormBackwardFn = void (*)(T* dx, T* dgamma, T* dbeta, const T* dy, co
                                      int64_t cols);
 
 // BatchNorm over x viewed as (n, c, s); per-channel arrays have length c.
-// stats: float64 mean and biased variance of each channel.
-template <class T>
-using BatchNormStatsFn = void (*)(double* mean, double* var, const T* x, int64_t n, int64_t c,
-                                  int64_t s);
 // apply: y = (x - mean) * scale + shift.
 template <class T>
 using BatchNormApplyFn = void (*)(T* y, const T* x, const T* mean, const T* scale, const T* shift,
@@ -36,6 +32,13 @@ using BatchNormBackwardApplyFn = void (*)(T* dx, const T* dy, const T* x, const 
                                           const T* invstd, const T* k, const T* a, const T* b,
                                           int64_t n, int64_t c, int64_t s);
 
+// train_forward: the forward with batch statistics: their float64 mean and biased variance,
+// the statistics used (mean_hi and invstd of channel_affine.hpp) and y.
+template <class T>
+using BatchNormTrainForwardFn = void (*)(T* y, T* mean, T* invstd, double* batch_mean,
+                                         double* batch_var, const T* x, const T* gamma,
+                                         const T* beta, double eps, int64_t n, int64_t c,
+                                         int64_t s);
 // train_backward: the training backward; float64 sums of dy and dy * xhat per channel, and
 // dx = k * (dy - a - (x - mean) * invstd * b) with a = sum_dy / (n * s), b = sum_dy_xhat / (n * s).
 template <class T>
@@ -47,10 +50,10 @@ template <class T>
 struct Kernels {
   LayerNormForwardFn<T> layer_norm_forward;
   LayerNormBackwardFn<T> layer_norm_backward;
-  BatchNormStatsFn<T> batch_norm_stats;
   BatchNormApplyFn<T> batch_norm_apply;
   BatchNormGradSumsFn<T> batch_norm_grad_sums;
   BatchNormBackwardApplyFn<T> batch_norm_backward_apply;
+  BatchNormTrainForwardFn<T> batch_norm_train_forward;
   BatchNormTrainBackwardFn<T> batch_norm_train_backward;
 };
 

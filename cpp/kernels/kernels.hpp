@@ -20,8 +20,6 @@ void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
                          const T* rstd, const T* gamma, int64_t rows, int64_t cols);
 
 // BatchNorm pieces over x viewed as (n, c, s); see batch_norm_kernel.cpp.
-template <class T>
-void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t c, int64_t s);
 
 template <class T>
 void batch_norm_apply(T* y, const T* x, const T* mean, const T* scale, const T* shift, int64_t n,
@@ -36,6 +34,10 @@ template <class T>
 void batch_norm_backward_apply(T* dx, const T* dy, const T* x, const T* mean, const T* invstd,
                                const T* k, const T* a, const T* b, int64_t n, int64_t c, int64_t s);
 
+template <class T>
+void batch_norm_train_forward(T* y, T* mean, T* invstd, double* batch_mean, double* batch_var,
+                              const T* x, const T* gamma, const T* beta, double eps, int64_t n,
+                              int64_t c, int64_t s);
 template <class T>
 void batch_norm_train_backward(T* dx, double* sum_dy, double* sum_dy_xhat, const T* dy, const T* x,
                                const T* mean, const T* invstd, const T* k, int64_t n, int64_t c,

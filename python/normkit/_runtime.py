@@ -45,7 +45,7 @@ def info() -> dict:
     """Build and runtime facts: version, active and available ISAs, threads, OpenMP (and how
     its threads wait between kernels), bytes held in the output buffer cache, and the output
     size from which kernels write with streaming stores (bypassing the caches; a quarter of the
-    last-level cache, within 8-64 MiB)."""
+    last-level cache, within 8-64 MiB), and the cache sizes the kernels plan with."""
     return {
         "version": _version(),
         "isa": _core.active_isa(),
@@ -55,4 +55,6 @@ def info() -> dict:
         "omp_wait_policy": _openmp.wait_policy,
         "cached_bytes": int(_core.cached_bytes()),
         "stream_threshold_bytes": int(_core.stream_threshold_bytes()),
+        "l2_cache_bytes": int(_core.l2_cache_bytes()),
+        "last_level_cache_bytes": int(_core.last_level_cache_bytes()),
     }
