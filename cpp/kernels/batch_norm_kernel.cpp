@@ -11,6 +11,8 @@
 //    accumulate down the rows. Block results combine in block order, and a channel's s columns
 //    in column order.
 // Units and blocks are sized from the shape alone: any thread count gives the same bits.
+// Training on large arrays with small channels may instead go a channel at a time per thread
+// (by_channel), adding the same units in the same order.
 
 #include <cmath>
 #include <cstdint>
@@ -613,12 +615,12 @@ inline void prefetch_l2(const void* p, int64_t bytes) {
   for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(b + i, 0, 2);
 }
 
-// The training backward one channel at a time on each thread, for arrays streamed from memory
-// whose channels (x and dy) fit in L2: the sums pass reads a channel from memory, the dx pass
-// reads it again from L2 (5 array-sized streams from memory become 3), and prefetches the
-// thread's next channel into L2 run by run as it goes, since the runs of a channel are a whole
-// image apart and the hardware prefetchers follow short runs poorly. The sums are added in
-// the order grad_sums_impl adds its units': the same bits as the whole-array passes.
+// The training backward one channel at a time on each thread (when by_channel says so, below):
+// the sums pass reads a channel's x and dy from memory, the dx pass reads them again from L2
+// (5 array-sized streams from memory become 3) and prefetches the thread's next channel into
+// L2 run by run as it goes, since the runs of a channel are a whole image apart and the
+// hardware prefetchers follow short runs poorly. The sums are added in the order
+// grad_sums_impl adds its units': the same bits as the whole-array passes.
 template <class T>
 void train_backward_by_channel(T* dx, double* sum_dy, double* sum_dy_xhat, const T* dy, const T* x,
                                const T* mean, const T* invstd, const T* k, const Shape& sh) {
@@ -760,23 +762,14 @@ void batch_norm_train_backward(T* dx, double* sum_dy, double* sum_dy_xhat, const
   template void batch_norm_grad_sums<T>(double*, double*, T*, const T*, const T*, const T*,        \
                                         const T*, const T*, int64_t, int64_t, int64_t);            \
   template void batch_norm_backward_apply<T>(T*, const T*, const T*, const T*, const T*, const T*, \
+                                             const T*, const T*, int64_t, int64_t, int64_t);       \
+  template void batch_norm_train_forward<T>(T*, T*, T*, double*, double*, const T*, const T*,      \
+                                            const T*, double, int64_t, int64_t, int64_t);          \
+  template void batch_norm_train_backward<T>(T*, double*, double*, const T*, const T*, const T*,   \
                                              const T*, const T*, int64_t, int64_t, int64_t);
 NORMKIT_INSTANTIATE(float)
 NORMKIT_INSTANTIATE(double)
 #undef NORMKIT_INSTANTIATE
-
-template void batch_norm_train_forward<float>(float*, float*, float*, double*, double*,
-                                              const float*, const float*, const float*, double,
-                                              int64_t, int64_t, int64_t);
-template void batch_norm_train_forward<double>(double*, double*, double*, double*, double*,
-                                               const double*, const double*, const double*, double,
-                                               int64_t, int64_t, int64_t);
-template void batch_norm_train_backward<float>(float*, double*, double*, const float*, const float*,
-                                               const float*, const float*, const float*, int64_t,
-                                               int64_t, int64_t);
-template void batch_norm_train_backward<double>(double*, double*, double*, const double*,
-                                                const double*, const double*, const double*,
-                                                const double*, int64_t, int64_t, int64_t);
 
 }  // namespace NORMKIT_CPU_NS
 }  // namespace normkit
