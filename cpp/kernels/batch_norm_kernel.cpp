@@ -705,7 +705,9 @@ template <class T>
 bool by_channel(const Shape& sh, int64_t inputs) {
   const int64_t channel_bytes = inputs * sh.n * sh.s * int64_t{sizeof(T)};
   const int64_t threads = get_num_threads();
-  return !sh.columns() && channel_bytes * sh.c > last_level_cache_bytes() &&
+  // (Streamed outputs too: where the last-level cache's size is unknown, reported as 0, the
+  // size from which outputs are streamed keeps small arrays on the whole-array passes.)
+  return !sh.columns() && stream_output<T>(sh) && channel_bytes * sh.c > last_level_cache_bytes() &&
          2 * channel_bytes <= l2_cache_bytes() && threads >= 2 && sh.c >= 2 * threads;
 }
 
