@@ -341,7 +341,8 @@ def test_row_results_do_not_depend_on_array_size(isa, cols, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cols", [768, 1000, 4096])
 def test_backward_rows_do_not_depend_on_array_size(isa, cols, dtype):
-    # Streamed, the dx pass goes a KiB at a time between prefetches of the next row; each row's
+    # Streamed, dx is written with streaming stores between prefetches of the next rows (a
+    # group's tiles with gamma on AVX2/AVX-512, a KiB of a row at a time otherwise); each row's
     # dx must be the same bits as in a small array (dgamma/dbeta sum over all rows).
     rng = np.random.default_rng(10)
     rows = normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + 1
