@@ -14,13 +14,18 @@ namespace NORMKIT_CPU_NS {
 template <class T>
 class TaskBuffer {
  public:
-  explicit TaskBuffer(int64_t n) : ws_(static_cast<std::size_t>((n * int64_t{sizeof(T)} + 7) / 8)) {
-    for (int64_t j = 0; j < n; ++j) data()[j] = T(0);
+  explicit TaskBuffer(int64_t n)
+      : ws_(static_cast<std::size_t>((n * int64_t{sizeof(T)} + 7) / 8)),
+        data_(reinterpret_cast<T*>(ws_.data())) {
+    for (int64_t j = 0; j < n; ++j) data_[j] = T(0);
   }
-  T* data() const { return reinterpret_cast<T*>(ws_.data()); }
+  // (Held here: Workspace::data() is out of line, and a call per value zeroed cost more than
+  // the kernel on small inputs.)
+  T* data() const { return data_; }
 
  private:
   Workspace ws_;
+  T* data_;
 };
 
 inline void zero(double* p, int64_t n) {
