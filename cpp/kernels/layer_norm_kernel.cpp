@@ -961,8 +961,7 @@ void backward_rows(const BackwardArgs<T>& a, const Plan& p, int64_t b0, int64_t 
 // dgamma/dbeta partials): the sums of each row of the group, then dx and the rows'
 // dgamma/dbeta contributions a tile of columns at a time down the group (group_dx), while the
 // group's x and dy are in L2. The same bits as backward_rows. AVX-512, 1 / 2 threads, from
-// memory: float32 4096x4096 14.0 -> 12.9 / 8.5 -> 6.9 ms; float64 8192x768 8.5 -> 6.6 / 5.4 ->
-// 4.3 ms.
+// memory: float64 8192x768 8.5 -> 6.6 / 5.4 -> 4.3 ms. Which rows it suits: groups_pay.
 template <class T, bool kStream>
 void backward_row_groups(const BackwardArgs<T>& a, const Plan& p, int64_t b0, int64_t b1) {
   const int64_t cols = p.cols;
@@ -997,6 +996,19 @@ void backward_row_groups(const BackwardArgs<T>& a, const Plan& p, int64_t b0, in
   }
 }
 
+// Whether backward_row_groups beats backward_rows on rows of `cols` values (with gamma, AVX2 or
+// AVX-512): unless the row stride is within 128 bytes of a multiple of 4 KiB (1024, 2048, 4096
+// columns of float32; 1000). There the walk down a tile of columns has every row's loads 4 KiB
+// from the row above it, and grouped measured 5-30 % slower in cache (32x4096, 256x1024;
+// offsetting one of x, dy and dx by 256 bytes removed it, moving dx's stores after the walk
+// did not) and no faster from memory (4096x4096, 16384x1000). Elsewhere grouped measured
+// 0-35 % faster (float32, AVX-512; 4000x4000 on 2 threads 7.3 -> 6.2 ms, 8000x2000 5.7 -> 5.0).
+template <class T>
+bool groups_pay(int64_t cols) {
+  const int64_t skew = cols * int64_t{sizeof(T)} % 4096;
+  return skew >= 128 && skew <= 4096 - 128;
+}
+
 template <class T, bool kStream>
 void backward_impl(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
                    const T* rstd, const T* gamma, int64_t rows, int64_t cols) {
@@ -1019,8 +1031,8 @@ void backward_impl(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T*
     parallel_for(p.n_blocks, p.rows_per_block * cols, [&](int64_t b0, int64_t b1) {
       // Grouping pays for itself through the dgamma/dbeta accumulators (without gamma, rows in
       // cache went 1.7x slower grouped); SSE2's 16 registers cannot hold a tile's, and there
-      // rows one by one measured 10-35 % faster.
-      if (affine && sizeof(Vec<T>) >= 32)
+      // rows one by one measured 10-35 % faster. See groups_pay for the rows it suits.
+      if (affine && sizeof(Vec<T>) >= 32 && groups_pay<T>(cols))
         backward_row_groups<T, kStream>(a, p, b0, b1);
       else
         backward_rows<T, kStream>(a, p, b0, b1);
