@@ -298,6 +298,55 @@ void chunk_grad_sums(double* out, T* dx, const T* dy, const T* x, T mean, T invs
 // ---------------------------------------------------------------------------------------------
 // Element-wise passes
 
+// out[j] = f(j) over the runs [t0, t1) of the runs layout, which lie back to back in memory,
+// taken as one span: vector_fn(j, k) -> Vec<T> for the vector at j, given the K per-channel
+// constants as vectors k[0..K) holding each lane's own channel's (a vector that crosses into
+// the next run takes both channels', lane by lane); scalar_fn(j, ch) -> T for single values of
+// channel ch. Both must compute the same value. Only the span's ends are not whole vectors (with
+// kStream the vectors are aligned once, at its start): run by run, short runs (14x14 planes:
+// 196 values) spent as many instructions on their unaligned ends as on their vectors.
+template <class T, bool kStream, int K, class VectorFn, class ScalarFn>
+void runs_elementwise(T* out, const Shape& sh, int64_t t0, int64_t t1,
+                      const T* const (&per_channel)[K], const VectorFn& vector_fn,
+                      const ScalarFn& scalar_fn) {
+  using V = Vec<T>;
+  constexpr int64_t kBytes = V::width * int64_t{sizeof(T)};
+  const int64_t s = sh.s, begin = t0 * s, end = t1 * s;
+  const int64_t misalign =
+      static_cast<int64_t>(reinterpret_cast<std::uintptr_t>(out + begin) % kBytes);
+  // Streaming needs aligned vectors: possible unless out is not even aligned to T.
+  const bool stream = kStream && misalign % int64_t{sizeof(T)} == 0;
+  int64_t head = stream && misalign != 0 ? (kBytes - misalign) / int64_t{sizeof(T)} : 0;
+  if (head > end - begin) head = end - begin;
+  for (int64_t j = begin; j < begin + head; ++j) out[j] = scalar_fn(j, j / s % sh.c);
+  // The current run: t0's (the head is shorter than a vector, and runs are at least one long).
+  int64_t ch = t0 % sh.c, run_end = begin + s;
+  V k[K];
+  for (int i = 0; i < K; ++i) k[i] = V::broadcast(per_channel[i][ch]);
+  int64_t j = begin + head;
+  for (; j + V::width <= end; j += V::width) {
+    V v;
+    if (j + V::width <= run_end) {
+      v = vector_fn(j, k);
+    } else {  // lanes [0, run_end - j) in this run, the rest in the next
+      ch = ch + 1 == sh.c ? 0 : ch + 1;
+      V next[K], both[K];
+      for (int i = 0; i < K; ++i) {
+        next[i] = V::broadcast(per_channel[i][ch]);
+        both[i] = blend_at(k[i], next[i], static_cast<int>(run_end - j));
+        k[i] = next[i];
+      }
+      v = vector_fn(j, both);
+      run_end += s;
+    }
+    if (stream)
+      v.stream(out + j);
+    else
+      v.store(out + j);
+  }
+  for (; j < end; ++j) out[j] = scalar_fn(j, j / s % sh.c);
+}
+
 // y = (x - mean) * scale + shift over one run.
 template <class T, bool kStream>
 void apply_run(T* y, const T* x, T mean, T scale, T shift, int64_t n) {
@@ -315,10 +364,10 @@ void apply_impl(T* y, const T* x, const T* mean, const T* scale, const T* shift,
   using V = Vec<T>;
   if (!sh.columns()) {
     parallel_for(sh.n * sh.c, sh.s, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t ch = t % sh.c;
-        apply_run<T, kStream>(y + t * sh.s, x + t * sh.s, mean[ch], scale[ch], shift[ch], sh.s);
-      }
+      runs_elementwise<T, kStream, 3>(
+          y, sh, t0, t1, {mean, scale, shift},
+          [&](int64_t j, const V(&k)[3]) { return fmadd(V::load(x + j) - k[0], k[1], k[2]); },
+          [&](int64_t j, int64_t ch) { return fma_scalar(x[j] - mean[ch], scale[ch], shift[ch]); });
       if constexpr (kStream) stream_fence();
     });
     return;
@@ -364,20 +413,26 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
                          const T* a, const T* b, const Shape& sh) {
   using V = Vec<T>;
   if (!sh.columns()) {
+    TaskBuffer<T> neg_b(kTraining ? sh.c : 0);  // nb = -b, as train_dx_run takes it
+    for (int64_t ch = 0; kTraining && ch < sh.c; ++ch) neg_b.data()[ch] = -b[ch];
+    const T* nb = neg_b.data();
     parallel_for(sh.n * sh.c, sh.s, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t ch = t % sh.c;
-        const T* dyr = dy + t * sh.s;
-        const T k_c = k[ch];
-        if constexpr (kTraining) {
-          train_dx_run<T, kStream>(dx + t * sh.s, dyr, x + t * sh.s, mean[ch], invstd[ch], k_c,
-                                   a[ch], -b[ch], sh.s);
-        } else {
-          const V k_v = V::broadcast(k_c);
-          elementwise<T, kStream>(
-              dx + t * sh.s, sh.s, [&](int64_t j) { return V::load(dyr + j) * k_v; },
-              [&](int64_t j) { return dyr[j] * k_c; });
-        }
+      if constexpr (kTraining) {
+        runs_elementwise<T, kStream, 5>(
+            dx, sh, t0, t1, {mean, invstd, k, a, nb},
+            [&](int64_t j, const V(&kv)[5]) {
+              const V xhat = (V::load(x + j) - kv[0]) * kv[1];
+              return fmadd(xhat, kv[4], V::load(dy + j) - kv[3]) * kv[2];
+            },
+            [&](int64_t j, int64_t ch) {
+              const T xhat = (x[j] - mean[ch]) * invstd[ch];
+              return fma_scalar(xhat, nb[ch], dy[j] - a[ch]) * k[ch];
+            });
+      } else {
+        runs_elementwise<T, kStream, 1>(
+            dx, sh, t0, t1, {k},
+            [&](int64_t j, const V(&kv)[1]) { return V::load(dy + j) * kv[0]; },
+            [&](int64_t j, int64_t ch) { return dy[j] * k[ch]; });
       }
       if constexpr (kStream) stream_fence();
     });

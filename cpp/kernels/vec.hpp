@@ -167,6 +167,44 @@ inline Vec<double> widen_hi(Vec<float> a) { return {static_cast<double>(a.v)}; }
 
 #endif
 
+// Lanes [0, k) of a and [k, width) of b (0 <= k <= width).
+#if defined(__AVX512F__)
+inline Vec<float> blend_at(Vec<float> a, Vec<float> b, int k) {
+  return {_mm512_mask_blend_ps(static_cast<__mmask16>(0xFFFFu << k), a.v, b.v)};
+}
+inline Vec<double> blend_at(Vec<double> a, Vec<double> b, int k) {
+  return {_mm512_mask_blend_pd(static_cast<__mmask8>(0xFFu << k), a.v, b.v)};
+}
+#elif defined(__AVX2__)
+inline Vec<float> blend_at(Vec<float> a, Vec<float> b, int k) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i from_b = _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(k - 1));
+  return {_mm256_blendv_ps(a.v, b.v, _mm256_castsi256_ps(from_b))};
+}
+inline Vec<double> blend_at(Vec<double> a, Vec<double> b, int k) {
+  const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+  const __m256i from_b = _mm256_cmpgt_epi64(lane, _mm256_set1_epi64x(k - 1));
+  return {_mm256_blendv_pd(a.v, b.v, _mm256_castsi256_pd(from_b))};
+}
+#elif defined(__SSE2__)
+inline Vec<float> blend_at(Vec<float> a, Vec<float> b, int k) {
+  const __m128 from_b =
+      _mm_castsi128_ps(_mm_cmpgt_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(k - 1)));
+  return {_mm_or_ps(_mm_andnot_ps(from_b, a.v), _mm_and_ps(from_b, b.v))};
+}
+inline Vec<double> blend_at(Vec<double> a, Vec<double> b, int k) {
+  // (both 32-bit halves of a 64-bit lane compare that lane's index)
+  const __m128i lo = _mm_cmpgt_epi32(_mm_setr_epi32(0, 0, 1, 1), _mm_set1_epi32(k - 1));
+  const __m128d from_b = _mm_castsi128_pd(lo);
+  return {_mm_or_pd(_mm_andnot_pd(from_b, a.v), _mm_and_pd(from_b, b.v))};
+}
+#else
+template <class T>
+inline Vec<T> blend_at(Vec<T> a, Vec<T> b, int k) {
+  return k > 0 ? a : b;
+}
+#endif
+
 // Orders this thread's streaming (non-temporal) stores before anything it does next.
 inline void stream_fence() {
 #if defined(__SSE2__)
