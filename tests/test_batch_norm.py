@@ -165,8 +165,8 @@ def test_inputs_not_modified_but_running_statistics_are(rng):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape", [(6, 3, 7), (5, 3, 37), (3, 4, 16)])
 def test_out_in_place(isa, rng, shape, training):
-    # (6, 3, 7): the column layout; (5, 3, 37) and (3, 4, 16): runs, whose vectors cross from
-    # one channel's run into the next.
+    # (6, 3, 7): the column layout; (5, 3, 37): runs, whose vectors cross from one channel's run
+    # into the next; (3, 4, 16): runs exactly one AVX-512 float32 vector long.
     x = rng.standard_normal(shape).astype(np.float32)
     c = shape[1]
     rm, rv = rng.standard_normal(c).astype(np.float32), np.full(c, 2.0, np.float32)
