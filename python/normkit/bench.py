@@ -8,8 +8,9 @@ back during the next call; another runtime's threads still spinning), which move
 BatchNorm training backward on (32, 64, 56, 56) from 2.2 ms after itself to 3.4 ms after the
 NumPy reference, and PyTorch's from 4.2 ms after itself to 3.7 ms after normkit. Each row also
 gives normkit's share of the bandwidth of a parallel copy moving the same compulsory bytes
-(inputs read once, outputs written once), measured in the same run. All contenders allocate
-their outputs, as a user's call does. Writes bench.md, bench.json and bench.png to --out.
+(inputs read once, outputs written once), timed in the same rounds as the contenders. All
+contenders allocate their outputs, as a user's call does. Writes bench.md, bench.json and
+bench.png to --out.
 """
 
 from __future__ import annotations
@@ -153,34 +154,27 @@ def contenders(case: Case, torch):
     return x, fns
 
 
-def copy_seconds(nbytes: int, repeats: int) -> float:
-    src = np.ones(nbytes // 2, np.uint8)
-    dst = _core.empty(src.shape, src.dtype)
-    _core.copy(dst, src)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        _core.copy(dst, src)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def measure(case: Case, torch, repeats: int, with_numpy: bool) -> dict:
     x, fns = contenders(case, torch)
     if not with_numpy:
         fns.pop("numpy")
-    for fn in fns.values():  # warm-up: first touch, caches, buffer pool
+    nbytes = _compulsory_bytes(case, x)
+    # The copy yardstick takes its turn in the same rounds as the contenders, so that on a
+    # shared host it sees the same load as they do (not that of the moment after the case).
+    src = np.ones(nbytes // 2, np.uint8)
+    dst = _core.empty(src.shape, src.dtype)
+    timed = {**fns, "copy": lambda: _core.copy(dst, src)}
+    for fn in timed.values():  # warm-up: first touch, caches, buffer pool
         fn()
-    times = {name: [] for name in fns}
+    times = {name: [] for name in timed}
     for _ in range(repeats):
-        for name, fn in fns.items():
+        for name, fn in timed.items():
             fn()  # untimed: the timed call starts from this contender's own state
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    ms = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
-    nbytes = _compulsory_bytes(case, x)
-    copy_ms = 1e3 * copy_seconds(nbytes, repeats)
+    ms = {name: 1e3 * float(np.median(times[name])) for name in fns}
+    copy_ms = 1e3 * float(np.median(times["copy"]))
     row = {
         **asdict(case),
         "shape": list(case.shape),
