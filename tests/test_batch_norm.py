@@ -404,6 +404,8 @@ def test_layer_errors():
         BatchNorm(3).backward(np.ones((4, 3), np.float32))
     with pytest.raises(ValueError, match="momentum"):
         BatchNorm(3, momentum=1.5)
+    with pytest.raises(TypeError, match="momentum: expected a real number"):
+        BatchNorm(3, momentum="0.5")
 
 
 def test_fold_into_dense_layer(rng):
@@ -486,6 +488,8 @@ def test_bn_shape_and_dtype_errors(rng):
         normkit.batch_norm(x, eps=np.nan)
     with pytest.raises(ValueError, match="momentum"):
         normkit.batch_norm(x, momentum=np.inf)
+    with pytest.raises(TypeError, match="momentum: expected a real number"):
+        normkit.batch_norm(x, training=True, momentum="0.1")
 
 
 def test_nan_stays_in_its_channel(rng):

@@ -113,9 +113,13 @@ def test_bad_eps(data, eps):
         normkit.layer_norm(data[0], eps=eps)
 
 
-def test_eps_wrong_type(data):
-    with pytest.raises(TypeError, match="eps"):
-        normkit.layer_norm(data[0], eps="small")
+@pytest.mark.parametrize("eps", ["small", "1e-5", b"1e-5", None, [1e-5]], ids=repr)
+def test_eps_wrong_type(data, eps):
+    # float() would read "1e-5"; a string is still not a number
+    with pytest.raises(TypeError, match=r"eps: expected a real number"):
+        normkit.layer_norm(data[0], eps=eps)
+    with pytest.raises(TypeError, match=r"eps: expected a real number"):
+        normkit.batch_norm(data[0], training=True, eps=eps)
 
 
 def test_empty_normalized_axis():

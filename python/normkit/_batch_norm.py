@@ -9,7 +9,6 @@ unbiased one in ``running_var``; the normalization itself always uses the biased
 from __future__ import annotations
 
 import math
-import numbers
 import operator
 
 import numpy as np
@@ -55,9 +54,10 @@ def _momentum(momentum) -> float:
             "momentum=None (a cumulative average) needs a count of batches: use "
             "normkit.BatchNorm(momentum=None), or pass momentum=1/num_batches"
         )
-    if not isinstance(momentum, numbers.Real) or not math.isfinite(momentum):
+    value = _checks.real_value(momentum, "momentum")
+    if not math.isfinite(value):
         raise ValueError(f"momentum: expected a finite number, got {momentum!r}")
-    return float(momentum)
+    return value
 
 
 def _forward(x, running_mean, running_var, gamma, beta, training, momentum, eps, axis, out):

@@ -38,11 +38,18 @@ def optional_like(a: Any, name: str, dtype: np.dtype, shape: tuple[int, ...]):
     return None if a is None else like(a, name, dtype, shape)
 
 
+def real_value(value: Any, name: str) -> float:
+    """``value`` as a float: a real number (Python, NumPy scalar or 0-d array), not a string."""
+    if not isinstance(value, (str, bytes, bytearray)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"{name}: expected a real number, got {value!r}")
+
+
 def eps_value(eps: Any) -> float:
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"eps: expected a real number, got {eps!r}") from None
+    value = real_value(eps, "eps")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"eps: expected a finite number >= 0, got {value}")
     return value

@@ -188,7 +188,7 @@ class BatchNorm(Module):
         self.dtype = np.dtype(dtype)
         if self.dtype not in _checks.FLOAT_DTYPES:
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
-        if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
+        if momentum is not None and not 0.0 <= _checks.real_value(momentum, "momentum") <= 1.0:
             raise ValueError(f"momentum: expected a number in [0, 1] or None, got {momentum!r}")
         self.num_features = c
         self.eps = _checks.eps_value(eps)
