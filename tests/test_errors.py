@@ -138,11 +138,10 @@ def test_bad_thread_count(n):
         normkit.set_num_threads(n)
 
 
-def test_thread_count_wrong_type():
-    with pytest.raises(TypeError):
-        normkit.set_num_threads(1.5)
-    with pytest.raises(TypeError):
-        normkit.set_num_threads(True)
+@pytest.mark.parametrize("n", [1.5, True, "2", None], ids=repr)
+def test_thread_count_wrong_type(n):
+    with pytest.raises(TypeError, match="n: expected an int"):
+        normkit.set_num_threads(n)
 
 
 def test_core_rejects_mismatched_buffers():

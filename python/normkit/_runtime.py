@@ -16,9 +16,12 @@ def get_num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Let kernels use up to ``n`` threads. Results do not depend on ``n``: they are bitwise
     identical for any thread count."""
-    if isinstance(n, bool):
-        raise TypeError(f"n: expected an int, got {n!r}")
-    n = operator.index(n)
+    try:
+        if isinstance(n, bool):
+            raise TypeError
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n: expected an int, got {n!r}") from None
     if n < 1:
         raise ValueError(f"n: expected a number of threads >= 1, got {n}")
     _core.set_num_threads(n)
