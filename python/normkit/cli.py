@@ -23,7 +23,11 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="normkit", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="normkit",
+        description="Fast Batch and Layer Normalization for NumPy: facts about this install, "
+        "a training comparison, and benchmarks.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("info", help="show version, active ISA, threads")
     p.add_argument("--json", action="store_true", help="print one JSON object")
