@@ -1,16 +1,17 @@
 """``normkit bench``: normkit vs the NumPy reference vs PyTorch CPU, in one run.
 
-Every case runs float32 through each contender in turn (normkit, torch, numpy, normkit, ...)
-so drifts in machine load hit all alike, and reports medians. Each timed call comes right
-after an untimed call of the same contender, as in a loop of calls: otherwise each would start
-from the state the one before it left (numpy's temporaries as dirty lines in the cache, written
-back during the next call; another runtime's threads still spinning), which moved normkit's
-BatchNorm training backward on (32, 64, 56, 56) from 2.2 ms after itself to 3.4 ms after the
-NumPy reference, and PyTorch's from 4.2 ms after itself to 3.7 ms after normkit. Each row also
-gives normkit's share of the bandwidth of a parallel copy moving the same compulsory bytes
-(inputs read once, outputs written once), timed in the same rounds as the contenders. All
-contenders allocate their outputs, as a user's call does. Writes bench.md, bench.json and
-bench.png to --out.
+Every case runs float32 through normkit and PyTorch in turn (normkit, torch, normkit, ...) so
+drifts in machine load hit both alike, and reports medians. Each timed call comes right after
+an untimed call of the same contender, as in a loop of calls: otherwise each would start from
+the state the one before it left (another runtime's threads still spinning, dirty lines in the
+cache), which moved PyTorch's BatchNorm training backward on (32, 64, 56, 56) from 4.2 ms after
+itself to 3.7 ms after normkit. The NumPy reference runs in rounds of its own after them: taking
+its turn in the same rounds, its hundreds of megabytes of temporaries slowed the calls after it
+even past an untimed call (normkit's BatchNorm training backward on (32, 64, 56, 56): 2.2-2.7
+ms without it, 2.6-3.4 ms with it, in the same session). Each row also gives normkit's share of
+the bandwidth of a parallel copy moving the same compulsory bytes (inputs read once, outputs
+written once), timed in the normkit/PyTorch rounds. All contenders allocate their outputs, as a
+user's call does. Writes bench.md, bench.json and bench.png to --out.
 """
 
 from __future__ import annotations
@@ -154,27 +155,33 @@ def contenders(case: Case, torch):
     return x, fns
 
 
+def _median_times(fns: dict, repeats: int) -> dict:
+    """{name: median seconds}: rounds of every fn in turn, each timed call after an untimed one."""
+    for fn in fns.values():  # warm-up: first touch, caches, buffer pool
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            fn()  # untimed: the timed call starts from this contender's own state
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def measure(case: Case, torch, repeats: int, with_numpy: bool) -> dict:
     x, fns = contenders(case, torch)
-    if not with_numpy:
-        fns.pop("numpy")
+    numpy_fn = fns.pop("numpy")
     nbytes = _compulsory_bytes(case, x)
     # The copy yardstick takes its turn in the same rounds as the contenders, so that on a
     # shared host it sees the same load as they do (not that of the moment after the case).
     src = np.ones(nbytes // 2, np.uint8)
     dst = _core.empty(src.shape, src.dtype)
-    timed = {**fns, "copy": lambda: _core.copy(dst, src)}
-    for fn in timed.values():  # warm-up: first touch, caches, buffer pool
-        fn()
-    times = {name: [] for name in timed}
-    for _ in range(repeats):
-        for name, fn in timed.items():
-            fn()  # untimed: the timed call starts from this contender's own state
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    ms = {name: 1e3 * float(np.median(times[name])) for name in fns}
-    copy_ms = 1e3 * float(np.median(times["copy"]))
+    seconds = _median_times({**fns, "copy": lambda: _core.copy(dst, src)}, repeats)
+    if with_numpy:
+        seconds.update(_median_times({"numpy": numpy_fn}, repeats))
+    copy_ms = 1e3 * seconds.pop("copy")
+    ms = {name: 1e3 * t for name, t in seconds.items()}
     row = {
         **asdict(case),
         "shape": list(case.shape),
