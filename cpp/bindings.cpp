@@ -280,6 +280,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &normkit::get_num_threads);
   m.def("set_num_threads", &normkit::set_num_threads, py::arg("n"));
   m.def("openmp_enabled", &normkit::openmp_enabled);
+  m.def("threads_spin", &normkit::threads_spin,
+        "Whether OpenMP threads spin after a parallel region (a kernel's later passes reuse "
+        "them on smaller work); false under OMP_WAIT_POLICY=PASSIVE or GOMP_SPINCOUNT=0.");
   m.def("active_isa", [] { return std::string(normkit::isa_name(normkit::active_isa())); });
   m.def("available_isas", &available_isa_names);
   m.def(

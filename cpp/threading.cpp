@@ -1,6 +1,8 @@
 #include "threading.hpp"
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -24,6 +26,16 @@ void set_num_threads(int n) {
   if (n < 1)
     throw std::invalid_argument("number of threads must be >= 1, got " + std::to_string(n));
   thread_setting().store(n, std::memory_order_relaxed);
+}
+
+bool threads_spin() {
+  static const bool spin = [] {
+    const char* policy = std::getenv("OMP_WAIT_POLICY");
+    const char* spincount = std::getenv("GOMP_SPINCOUNT");
+    if (policy && (policy[0] == 'p' || policy[0] == 'P')) return false;
+    return !(spincount && std::strcmp(spincount, "0") == 0);
+  }();
+  return spin;
 }
 
 bool openmp_enabled() {

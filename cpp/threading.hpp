@@ -22,21 +22,33 @@ bool openmp_enabled();
 // costs 100-200 us on a virtual machine.
 constexpr int64_t kMinElementsPerThread = int64_t{1} << 17;
 
+// The same for a loop right after a parallel loop of the same kernel call (`awake`): its
+// threads are still spinning (unless OpenMP was told not to spin: threads_spin), so a fork
+// costs microseconds, not a wake-up.
+constexpr int64_t kMinElementsPerAwakeThread = int64_t{1} << 14;
+
+// False when OMP_WAIT_POLICY is PASSIVE or GOMP_SPINCOUNT is 0 (threads sleep at once).
+bool threads_spin();
+
 // Threads for a parallel loop of n_tasks tasks and `elements` elements of work in all: at most
-// one per task and one per kMinElementsPerThread elements (0 or 1: run inline).
-inline int64_t team_size(int64_t n_tasks, int64_t elements) {
+// one per task and one per kMinElementsPerThread elements, or per kMinElementsPerAwakeThread
+// with `awake` (0 or 1: run inline).
+inline int64_t team_size(int64_t n_tasks, int64_t elements, bool awake = false) {
+  const int64_t per_thread =
+      awake && threads_spin() ? kMinElementsPerAwakeThread : kMinElementsPerThread;
   int64_t threads = get_num_threads();
   if (threads > n_tasks) threads = n_tasks;
-  if (threads > elements / kMinElementsPerThread) threads = elements / kMinElementsPerThread;
+  if (threads > elements / per_thread) threads = elements / per_thread;
   return threads;
 }
 
 // Calls f(begin, end) over contiguous, disjoint ranges covering [0, n_tasks), on as many
-// threads as the work (n_tasks * elements_per_task) justifies; tiny work runs inline.
+// threads as the work (n_tasks * elements_per_task) justifies (see team_size for `awake`);
+// tiny work runs inline. Returns the number of threads it ran on.
 template <class F>
-void parallel_for(int64_t n_tasks, int64_t elements_per_task, const F& f) {
-  if (n_tasks <= 0) return;
-  const int64_t threads = team_size(n_tasks, n_tasks * elements_per_task);
+int64_t parallel_for(int64_t n_tasks, int64_t elements_per_task, bool awake, const F& f) {
+  if (n_tasks <= 0) return 1;
+  const int64_t threads = team_size(n_tasks, n_tasks * elements_per_task, awake);
 #ifdef _OPENMP
   if (threads > 1) {
 #pragma omp parallel num_threads(static_cast<int>(threads))
@@ -47,10 +59,16 @@ void parallel_for(int64_t n_tasks, int64_t elements_per_task, const F& f) {
       const int64_t end = n_tasks * (t + 1) / team;
       if (begin < end) f(begin, end);
     }
-    return;
+    return threads;
   }
 #endif
   f(0, n_tasks);
+  return 1;
+}
+
+template <class F>
+int64_t parallel_for(int64_t n_tasks, int64_t elements_per_task, const F& f) {
+  return parallel_for(n_tasks, elements_per_task, false, f);
 }
 
 // first(begin, end) over ranges covering [0, n_first), then middle() once, then

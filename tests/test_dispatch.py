@@ -25,7 +25,7 @@ def test_info_fields():
 
 WAIT_POLICY = (
     "import os, normkit; "
-    "print(normkit.info()['omp_wait_policy']); "
+    "print(normkit.info()['omp_wait_policy'], normkit.info()['omp_threads_spin']); "
     "print(os.environ.get('OMP_WAIT_POLICY', '-'), os.environ.get('GOMP_SPINCOUNT', '-'))"
 )
 
@@ -33,14 +33,21 @@ WAIT_POLICY = (
 @pytest.mark.parametrize(
     "env, policy, left",
     [
-        ({}, "GOMP_SPINCOUNT=5000 (normkit default)", "- -"),
-        ({"OMP_WAIT_POLICY": "active"}, "OMP_WAIT_POLICY=active (environment)", "active -"),
-        ({"GOMP_SPINCOUNT": "1000"}, "GOMP_SPINCOUNT=1000 (environment)", "- 1000"),
+        ({}, "GOMP_SPINCOUNT=5000 (normkit default) True", "- -"),
+        ({"OMP_WAIT_POLICY": "active"}, "OMP_WAIT_POLICY=active (environment) True", "active -"),
+        ({"GOMP_SPINCOUNT": "1000"}, "GOMP_SPINCOUNT=1000 (environment) True", "- 1000"),
+        (
+            {"OMP_WAIT_POLICY": "passive"},
+            "OMP_WAIT_POLICY=passive (environment) False",
+            "passive -",
+        ),
+        ({"GOMP_SPINCOUNT": "0"}, "GOMP_SPINCOUNT=0 (environment) False", "- 0"),
     ],
 )
 def test_openmp_wait_policy_and_environment(env, policy, left):
     # normkit's OpenMP threads spin only briefly between kernels unless the user says
-    # otherwise, and the environment is left as it was found.
+    # otherwise, and the environment is left as it was found. Threads that do not spin are not
+    # counted on as awake for a kernel's later passes (threads_spin).
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     result = subprocess.run(
         [sys.executable, "-c", WAIT_POLICY],

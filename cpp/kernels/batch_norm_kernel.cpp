@@ -408,15 +408,16 @@ void train_dx_run(T* dx, const T* dy, const T* x, T mean, T invstd, T k, T a, T 
 
 // Training: dx = k * (dy - a - xhat * b),  xhat = (x - mean) * invstd
 // Eval: dx = k * dy.   Per channel (runs) or per column (columns).
+// awake: right after a parallel loop of the same call (see team_size).
 template <class T, bool kStream, bool kTraining>
 void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T* invstd, const T* k,
-                         const T* a, const T* b, const Shape& sh) {
+                         const T* a, const T* b, const Shape& sh, bool awake) {
   using V = Vec<T>;
   if (!sh.columns()) {
     TaskBuffer<T> neg_b(kTraining ? sh.c : 0);  // nb = -b, as train_dx_run takes it
     for (int64_t ch = 0; kTraining && ch < sh.c; ++ch) neg_b.data()[ch] = -b[ch];
     const T* nb = neg_b.data();
-    parallel_for(sh.n * sh.c, sh.s, [&](int64_t t0, int64_t t1) {
+    parallel_for(sh.n * sh.c, sh.s, awake, [&](int64_t t0, int64_t t1) {
       if constexpr (kTraining) {
         runs_elementwise<T, kStream, 5>(
             dx, sh, t0, t1, {mean, invstd, k, a, nb},
@@ -439,7 +440,7 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
     return;
   }
   const int64_t cols = sh.cols();
-  parallel_for(sh.n, cols, [&](int64_t r0, int64_t r1) {
+  parallel_for(sh.n, cols, awake, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* dyr = dy + r * cols;
       if constexpr (kTraining) {
@@ -562,23 +563,26 @@ void batch_norm_apply(T* y, const T* x, const T* mean, const T* scale, const T* 
     apply_impl<T, false>(y, x, arr.cols[0], arr.cols[1], arr.cols[2], sh);
 }
 
+// Returns the number of threads of its pass over the data.
 template <class T, bool kDx>
-void grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, const T* x,
-                    const T* mean, const T* invstd, const T* k, int64_t n, int64_t c, int64_t s) {
+int64_t grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, const T* x,
+                       const T* mean, const T* invstd, const T* k, int64_t n, int64_t c,
+                       int64_t s) {
   const Shape sh{n, c, s};
   if (!sh.columns()) {
     const int64_t per_run = sh.chunks_per_run(), units = sh.n_units();
     Workspace ws(static_cast<std::size_t>(2 * units));
     double* parts = ws.data();  // (n, c, chunks_per_run, 2), memory order
-    parallel_for(units, 2 * (s < kChunk ? s : kChunk), [&](int64_t u0, int64_t u1) {
-      for (int64_t u = u0; u < u1; ++u) {
-        const int64_t run = u / per_run, c0 = (u % per_run) * kChunk;
-        const int64_t len = s - c0 < kChunk ? s - c0 : kChunk;
-        const int64_t ch = run % c, off = run * s + c0;
-        chunk_grad_sums<T, kDx>(parts + 2 * u, dx + off, dy + off, x + off, mean[ch], invstd[ch],
-                                kDx ? k[ch] : T(0), len);
-      }
-    });
+    const int64_t team =
+        parallel_for(units, 2 * (s < kChunk ? s : kChunk), [&](int64_t u0, int64_t u1) {
+          for (int64_t u = u0; u < u1; ++u) {
+            const int64_t run = u / per_run, c0 = (u % per_run) * kChunk;
+            const int64_t len = s - c0 < kChunk ? s - c0 : kChunk;
+            const int64_t ch = run % c, off = run * s + c0;
+            chunk_grad_sums<T, kDx>(parts + 2 * u, dx + off, dy + off, x + off, mean[ch],
+                                    invstd[ch], kDx ? k[ch] : T(0), len);
+          }
+        });
     parallel_for(c, 2 * n * per_run, [&](int64_t c0, int64_t c1) {
       for (int64_t ch = c0; ch < c1; ++ch) {
         double s_dy = 0.0, s_dyx = 0.0;
@@ -592,7 +596,7 @@ void grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, con
         sum_dy_xhat[ch] = s_dyx;
       }
     });
-    return;
+    return team;
   }
   const ColumnArrays<T> arr(sh, {mean, invstd, k, nullptr, nullptr});
   const T* mean_col = arr.cols[0];
@@ -601,23 +605,24 @@ void grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, con
   const int64_t cols = sh.cols(), blocks = sh.n_blocks();
   Workspace ws(static_cast<std::size_t>(2 * cols * blocks));
   double* parts = ws.data();  // (blocks, cols, 2)
-  parallel_for(blocks * sh.n_col_groups(), 2 * kBlockRows * kColGroup, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      int64_t r0, r1, j0, j1;
-      sh.task(t, r0, r1, j0, j1);
-      double* out = parts + 2 * cols * (r0 / kBlockRows);
-      for_tiles<T>(
-          j0, j1,
-          [&](int64_t j) {
-            tile_grad_sums<T, kDx>(out + 2 * j, dx, dy, x, mean_col, invstd_col, k_col, cols, j, r0,
-                                   r1);
-          },
-          [&](int64_t j) {
-            column_grad_sums<T, kDx>(out + 2 * j, dx, dy, x, mean_col, invstd_col, k_col, cols, j,
-                                     r0, r1);
-          });
-    }
-  });
+  const int64_t team = parallel_for(
+      blocks * sh.n_col_groups(), 2 * kBlockRows * kColGroup, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          int64_t r0, r1, j0, j1;
+          sh.task(t, r0, r1, j0, j1);
+          double* out = parts + 2 * cols * (r0 / kBlockRows);
+          for_tiles<T>(
+              j0, j1,
+              [&](int64_t j) {
+                tile_grad_sums<T, kDx>(out + 2 * j, dx, dy, x, mean_col, invstd_col, k_col, cols, j,
+                                       r0, r1);
+              },
+              [&](int64_t j) {
+                column_grad_sums<T, kDx>(out + 2 * j, dx, dy, x, mean_col, invstd_col, k_col, cols,
+                                         j, r0, r1);
+              });
+        }
+      });
   parallel_for(c, 2 * blocks * s, [&](int64_t c0, int64_t c1) {
     for (int64_t ch = c0; ch < c1; ++ch) {
       double s_dy = 0.0, s_dyx = 0.0;
@@ -631,6 +636,7 @@ void grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, con
       sum_dy_xhat[ch] = s_dyx;
     }
   });
+  return team;
 }
 
 template <class T>
@@ -644,24 +650,29 @@ void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, T* dx, const T* d
 }
 
 template <class T>
-void batch_norm_backward_apply(T* dx, const T* dy, const T* x, const T* mean, const T* invstd,
-                               const T* k, const T* a, const T* b, int64_t n, int64_t c,
-                               int64_t s) {
-  const Shape sh{n, c, s};
+void backward_apply(T* dx, const T* dy, const T* x, const T* mean, const T* invstd, const T* k,
+                    const T* a, const T* b, const Shape& sh, bool awake) {
   const bool stream = stream_output<T>(sh);
   const ColumnArrays<T> arr(sh, {mean, invstd, k, a, b});
   const T* const* p = arr.cols;
   if (x) {
     if (stream)
-      backward_apply_impl<T, true, true>(dx, dy, x, p[0], p[1], p[2], p[3], p[4], sh);
+      backward_apply_impl<T, true, true>(dx, dy, x, p[0], p[1], p[2], p[3], p[4], sh, awake);
     else
-      backward_apply_impl<T, false, true>(dx, dy, x, p[0], p[1], p[2], p[3], p[4], sh);
+      backward_apply_impl<T, false, true>(dx, dy, x, p[0], p[1], p[2], p[3], p[4], sh, awake);
   } else {
     if (stream)
-      backward_apply_impl<T, true, false>(dx, dy, x, p[0], p[1], p[2], p[3], p[4], sh);
+      backward_apply_impl<T, true, false>(dx, dy, x, p[0], p[1], p[2], p[3], p[4], sh, awake);
     else
-      backward_apply_impl<T, false, false>(dx, dy, x, p[0], p[1], p[2], p[3], p[4], sh);
+      backward_apply_impl<T, false, false>(dx, dy, x, p[0], p[1], p[2], p[3], p[4], sh, awake);
   }
+}
+
+template <class T>
+void batch_norm_backward_apply(T* dx, const T* dy, const T* x, const T* mean, const T* invstd,
+                               const T* k, const T* a, const T* b, int64_t n, int64_t c,
+                               int64_t s) {
+  backward_apply(dx, dy, x, mean, invstd, k, a, b, Shape{n, c, s}, false);
 }
 
 // Fetches [p, p + bytes) into L2 (prefetcht1).
@@ -805,7 +816,8 @@ void batch_norm_train_backward(T* dx, double* sum_dy, double* sum_dy_xhat, const
     train_backward_by_channel(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, k, sh);
     return;
   }
-  grad_sums_impl<T, false>(sum_dy, sum_dy_xhat, nullptr, dy, x, mean, invstd, nullptr, n, c, s);
+  const int64_t team =
+      grad_sums_impl<T, false>(sum_dy, sum_dy_xhat, nullptr, dy, x, mean, invstd, nullptr, n, c, s);
   const double count = static_cast<double>(n * s);
   TaskBuffer<T> ab(2 * c);
   T* a = ab.data();
@@ -814,7 +826,8 @@ void batch_norm_train_backward(T* dx, double* sum_dy, double* sum_dy_xhat, const
     a[ch] = static_cast<T>(sum_dy[ch] / count);
     b[ch] = static_cast<T>(sum_dy_xhat[ch] / count);
   }
-  batch_norm_backward_apply(dx, dy, x, mean, invstd, k, a, b, n, c, s);
+  // The threads of the sums pass are still awake: the dx pass may use them on less work.
+  backward_apply(dx, dy, x, mean, invstd, k, a, b, sh, team > 1);
 }
 
 #define NORMKIT_INSTANTIATE(T)                                                                     \
