@@ -210,6 +210,10 @@ def test_misaligned_out_of_a_streamed_array(isa, layout, training):
         ((70000, 5), -1),
         ((300, 1024), 1),
         ((4, 2, 70001), 1),
+        # summed on two threads, too small for the dx pass alone to go parallel: it does on
+        # the threads the sums pass left spinning
+        ((8, 512, 7, 7), 1),
+        ((3000, 50), -1),
     ],
     ids=str,
 )
