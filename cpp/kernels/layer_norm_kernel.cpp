@@ -135,6 +135,23 @@ constexpr int kGroup = static_cast<int>(Vec<double>::width);
 // Per-row float64 sums, one Vec<double> of lane partials per row of a group.
 using GroupLanes = Vec<double>[kGroup];
 
+// row_scale of the kGroup rows of a group (each of count values) at once: one vector division
+// and square root for all of them instead of one per row, the same bits.
+template <class T>
+void group_scales(RowScale<T>* s, const Moments* m, double eps) {
+  using D = Vec<double>;
+  double m2[kGroup], rstd[kGroup];
+  for (int r = 0; r < kGroup; ++r) m2[r] = m[r].m2;
+  // Scalar math: var = max(m2 / count, 0);  rstd = 1 / sqrt(var + eps)
+  const D var = floor_at(D::load(m2) / D::broadcast(m[0].count), D::broadcast(0.0));
+  (D::broadcast(1.0) / square_root(var + D::broadcast(eps))).store(rstd);
+  for (int r = 0; r < kGroup; ++r) {
+    const T hi = static_cast<T>(m[r].mean);
+    s[r] = {hi, static_cast<T>(rstd[r]),
+            static_cast<T>(-(m[r].mean - static_cast<double>(hi)) * rstd[r])};
+  }
+}
+
 // lanes[r] += the lanes of acc[r] in float64, for every row of the group; acc restarts at 0.
 template <class T>
 void flush_group(GroupLanes& lanes, Vec<T> (&acc)[kGroup]) {
@@ -242,13 +259,21 @@ template <class T, int64_t kVectors, bool kSequential>
   }
   transpose_add(lanes).store(sum_d);
   transpose_add(lanes_d2).store(sum_d2);
-  for (int r = 0; r < kGroup; ++r) {
+  for (int r = 0; r < kGroup; ++r)
     for (int64_t j = n_vec; j < cols; ++j) {
       const double d = static_cast<double>(row[r][j] - shift[r]);
       sum_d[r] += d;
       sum_d2[r] += d * d;
     }
-    out[r] = shifted_moments_of(static_cast<double>(shift[r]), sum_d[r], sum_d2[r], count);
+  // shifted_moments_of for every row at once (one vector division).
+  // Scalar math: mean_d = sum_d / count;  m2 = sum_d2 - sum_d * mean_d
+  using D = Vec<double>;
+  double mean_d[kGroup], m2[kGroup];
+  const D sum_d_v = D::load(sum_d), mean_d_v = sum_d_v / D::broadcast(count);
+  mean_d_v.store(mean_d);
+  (D::load(sum_d2) - sum_d_v * mean_d_v).store(m2);
+  for (int r = 0; r < kGroup; ++r) {
+    out[r] = {count, static_cast<double>(shift[r]) + mean_d[r], m2[r]};
     // A shift more than 2 std off (outliers up front, sorted data), or overflowed float32
     // sums: the row again (absolute mean: ref 0).
     const bool too_far = shift_too_far(out[r], static_cast<double>(shift[r]));
@@ -647,6 +672,7 @@ void forward_short_rows_of(T* y, T* mean, T* rstd, const T* x, const T* gamma, c
       cols % Vec<T>::width == 0 && reinterpret_cast<std::uintptr_t>(y) % kVecBytes == 0;
   parallel_for(n_groups, kGroup * cols, [&](int64_t g0, int64_t g1) {
     Moments m[kGroup];
+    RowScale<T> scales[kGroup];
     const T* row[kGroup];
     constexpr int64_t kHeld = kVectors > 0 ? kVectors : 1;
     Vec<T> gamma_v[kHeld], beta_v[kHeld];
@@ -659,8 +685,9 @@ void forward_short_rows_of(T* y, T* mean, T* rstd, const T* x, const T* gamma, c
       for (int r = 0; r < kGroup; ++r)  // past the last row, row r0 again (not used)
         row[r] = x + (r0 + r < rows ? r0 + r : r0) * cols;
       group_moments<T, kVectors, kStream>(m, row, cols, n_vec);
+      group_scales<T>(scales, m, eps);
       for (int r = 0; r < kGroup && r0 + r < rows; ++r) {
-        const RowScale<T> s = row_scale<T>(m[r], eps);
+        const RowScale<T>& s = scales[r];
         T* y_row = y + (r0 + r) * cols;
         mean[r0 + r] = s.mean_hi;
         rstd[r0 + r] = s.rstd;

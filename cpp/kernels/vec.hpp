@@ -60,6 +60,11 @@ inline Vec<double> operator*(Vec<double> a, Vec<double> b) { return {_mm512_mul_
 inline Vec<double> fmadd(Vec<double> a, Vec<double> b, Vec<double> c) {
   return {_mm512_fmadd_pd(a.v, b.v, c.v)};
 }
+// (Every ISA's block has these three: a / b, sqrt(a), and floor_at(a, lo) = a < lo ? lo : a per
+// lane, a NaN in a passing through.)
+inline Vec<double> operator/(Vec<double> a, Vec<double> b) { return {_mm512_div_pd(a.v, b.v)}; }
+inline Vec<double> square_root(Vec<double> a) { return {_mm512_sqrt_pd(a.v)}; }
+inline Vec<double> floor_at(Vec<double> a, Vec<double> lo) { return {_mm512_max_pd(lo.v, a.v)}; }
 inline Vec<double> widen_lo(Vec<float> a) { return {_mm512_cvtps_pd(_mm512_castps512_ps256(a.v))}; }
 inline Vec<double> widen_hi(Vec<float> a) {
   return {_mm512_cvtps_pd(_mm512_extractf32x8_ps(a.v, 1))};
@@ -97,6 +102,9 @@ inline Vec<double> operator*(Vec<double> a, Vec<double> b) { return {_mm256_mul_
 inline Vec<double> fmadd(Vec<double> a, Vec<double> b, Vec<double> c) {
   return {_mm256_fmadd_pd(a.v, b.v, c.v)};
 }
+inline Vec<double> operator/(Vec<double> a, Vec<double> b) { return {_mm256_div_pd(a.v, b.v)}; }
+inline Vec<double> square_root(Vec<double> a) { return {_mm256_sqrt_pd(a.v)}; }
+inline Vec<double> floor_at(Vec<double> a, Vec<double> lo) { return {_mm256_max_pd(lo.v, a.v)}; }
 inline Vec<double> widen_lo(Vec<float> a) { return {_mm256_cvtps_pd(_mm256_castps256_ps128(a.v))}; }
 inline Vec<double> widen_hi(Vec<float> a) {
   return {_mm256_cvtps_pd(_mm256_extractf128_ps(a.v, 1))};
@@ -131,6 +139,9 @@ inline Vec<double> operator+(Vec<double> a, Vec<double> b) { return {_mm_add_pd(
 inline Vec<double> operator-(Vec<double> a, Vec<double> b) { return {_mm_sub_pd(a.v, b.v)}; }
 inline Vec<double> operator*(Vec<double> a, Vec<double> b) { return {_mm_mul_pd(a.v, b.v)}; }
 inline Vec<double> fmadd(Vec<double> a, Vec<double> b, Vec<double> c) { return a * b + c; }
+inline Vec<double> operator/(Vec<double> a, Vec<double> b) { return {_mm_div_pd(a.v, b.v)}; }
+inline Vec<double> square_root(Vec<double> a) { return {_mm_sqrt_pd(a.v)}; }
+inline Vec<double> floor_at(Vec<double> a, Vec<double> lo) { return {_mm_max_pd(lo.v, a.v)}; }
 inline Vec<double> widen_lo(Vec<float> a) { return {_mm_cvtps_pd(a.v)}; }
 inline Vec<double> widen_hi(Vec<float> a) { return {_mm_cvtps_pd(_mm_movehl_ps(a.v, a.v))}; }
 
@@ -161,6 +172,9 @@ template <class T>
 inline Vec<T> fmadd(Vec<T> a, Vec<T> b, Vec<T> c) {
   return a * b + c;
 }
+inline Vec<double> operator/(Vec<double> a, Vec<double> b) { return {a.v / b.v}; }
+inline Vec<double> square_root(Vec<double> a) { return {std::sqrt(a.v)}; }
+inline Vec<double> floor_at(Vec<double> a, Vec<double> lo) { return {a.v < lo.v ? lo.v : a.v}; }
 // A "float vector" of one lane widens entirely into widen_lo; widen_hi is unused (parts == 1).
 inline Vec<double> widen_lo(Vec<float> a) { return {static_cast<double>(a.v)}; }
 inline Vec<double> widen_hi(Vec<float> a) { return {static_cast<double>(a.v)}; }
