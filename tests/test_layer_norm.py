@@ -243,12 +243,14 @@ def test_out_overlapping_x_partially(rng):
     np.testing.assert_array_equal(out, expected)
 
 
-def test_nan_and_inf_stay_in_their_row(rng):
-    x = rng.standard_normal((4, 33))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", [33, 128])  # short rows of any length; float32 128: 8 vectors
+def test_nan_and_inf_stay_in_their_row(rng, cols, dtype):
+    x = rng.standard_normal((4, cols)).astype(dtype)
     x[1, 5] = np.nan
     x[2, 7] = np.inf
     y, mean, rstd = normkit.layer_norm_forward(x)
-    assert np.isnan(y[1]).all() and np.isnan(mean[1])
+    assert np.isnan(y[1]).all() and np.isnan(mean[1]) and np.isnan(rstd[1])
     assert not np.isfinite(y[2]).all()
     clean = normkit.layer_norm(x[[0, 3]])
     np.testing.assert_array_equal(y[[0, 3]], clean)
