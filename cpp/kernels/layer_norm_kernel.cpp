@@ -70,12 +70,16 @@ struct RowScale {
 };
 
 template <class T>
+RowScale<T> scale_of(double mean, double rstd) {
+  const T hi = static_cast<T>(mean);
+  return {hi, static_cast<T>(rstd), static_cast<T>(-(mean - static_cast<double>(hi)) * rstd)};
+}
+
+template <class T>
 RowScale<T> row_scale(const Moments& m, double eps) {
   double var = m.m2 / m.count;
   if (var < 0.0) var = 0.0;  // rounding; NaN passes through
-  const double rstd = 1.0 / std::sqrt(var + eps);
-  const T hi = static_cast<T>(m.mean);
-  return {hi, static_cast<T>(rstd), static_cast<T>(-(m.mean - static_cast<double>(hi)) * rstd)};
+  return scale_of<T>(m.mean, 1.0 / std::sqrt(var + eps));
 }
 
 // Scalar math: y = ((x - mean_hi) * rstd + offset) * gamma + beta   (gamma, beta optional)
@@ -149,11 +153,7 @@ void group_scales(RowScale<T>* s, const Moments* m, double eps) {
   // Scalar math: var = max(m2 / count, 0);  rstd = 1 / sqrt(var + eps)
   const D var = floor_at(D::load(m2) / D::broadcast(m[0].count), D::broadcast(0.0));
   (D::broadcast(1.0) / square_root(var + D::broadcast(eps))).store(rstd);
-  for (int r = 0; r < kGroup; ++r) {
-    const T hi = static_cast<T>(m[r].mean);
-    s[r] = {hi, static_cast<T>(rstd[r]),
-            static_cast<T>(-(m[r].mean - static_cast<double>(hi)) * rstd[r])};
-  }
+  for (int r = 0; r < kGroup; ++r) s[r] = scale_of<T>(m[r].mean, rstd[r]);
 }
 
 // lanes[r] += the lanes of acc[r] in float64, for every row of the group; acc restarts at 0.
