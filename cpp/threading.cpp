@@ -28,15 +28,20 @@ void set_num_threads(int n) {
   thread_setting().store(n, std::memory_order_relaxed);
 }
 
-bool threads_spin() {
-  static const bool spin = [] {
-    const char* policy = std::getenv("OMP_WAIT_POLICY");
-    const char* spincount = std::getenv("GOMP_SPINCOUNT");
-    if (policy && (policy[0] == 'p' || policy[0] == 'P')) return false;
-    return !(spincount && std::strcmp(spincount, "0") == 0);
-  }();
-  return spin;
-}
+namespace {
+
+// Read when the library loads, as the OpenMP runtime reads the same settings then (the
+// environment may change afterwards; the runtime's threads keep waiting as they started).
+const bool kThreadsSpin = [] {
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  const char* spincount = std::getenv("GOMP_SPINCOUNT");
+  if (policy && (policy[0] == 'p' || policy[0] == 'P')) return false;
+  return !(spincount && std::strcmp(spincount, "0") == 0);
+}();
+
+}  // namespace
+
+bool threads_spin() { return kThreadsSpin; }
 
 bool openmp_enabled() {
 #ifdef _OPENMP
