@@ -283,6 +283,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("threads_spin", &normkit::threads_spin,
         "Whether OpenMP threads spin after a parallel region (a kernel's later passes reuse "
         "them on smaller work); false under OMP_WAIT_POLICY=PASSIVE or GOMP_SPINCOUNT=0.");
+  m.def("spin_time_ns", &normkit::spin_time_ns,
+        "How long OpenMP threads surely spin after a parallel region, in ns (counted low): small "
+        "kernels called back to back within it use them.");
   m.def("active_isa", [] { return std::string(normkit::isa_name(normkit::active_isa())); });
   m.def("available_isas", &available_isa_names);
   m.def(

@@ -1,10 +1,13 @@
 #include "threading.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 namespace normkit {
 namespace {
@@ -30,18 +33,71 @@ void set_num_threads(int n) {
 
 namespace {
 
-// Read when the library loads, as the OpenMP runtime reads the same settings then (the
-// environment may change afterwards; the runtime's threads keep waiting as they started).
-const bool kThreadsSpin = [] {
+// Spins of an idle OpenMP thread before it sleeps, as libgomp reads them when the library loads
+// (the environment may change afterwards; the runtime's threads keep waiting as they started):
+// GOMP_SPINCOUNT ("infinite", or a count with an optional k/M/G/T suffix), else 3e10 for
+// OMP_WAIT_POLICY=ACTIVE, else 300,000; none for PASSIVE. (LLVM's runtime spins for
+// KMP_BLOCKTIME, 200 ms by default: longer than this reckons.)
+const unsigned long long kSpinCount = [] {
   const char* policy = std::getenv("OMP_WAIT_POLICY");
-  const char* spincount = std::getenv("GOMP_SPINCOUNT");
-  if (policy && (policy[0] == 'p' || policy[0] == 'P')) return false;
-  return !(spincount && std::strcmp(spincount, "0") == 0);
+  if (policy && (policy[0] == 'p' || policy[0] == 'P')) return 0ULL;
+  const char* count = std::getenv("GOMP_SPINCOUNT");
+  if (!count) return policy && (policy[0] == 'a' || policy[0] == 'A') ? 30000000000ULL : 300000ULL;
+  if (std::strncmp(count, "inf", 3) == 0) return ~0ULL;
+  char* end = nullptr;
+  const unsigned long long n = std::strtoull(count, &end, 10);
+  switch (end ? *end : '\0') {
+    case 'k':
+      return n * 1000ULL;
+    case 'M':
+      return n * 1000000ULL;
+    case 'G':
+      return n * 1000000000ULL;
+    case 'T':
+      return n * 1000000000000ULL;
+    default:
+      return n;
+  }
 }();
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// A run of loops each less than the spin time after the previous one: kernels called back to
+// back. Its fourth loop wakes the team; one kernel call has at most three loops that could go to
+// spinning threads, so no single call wakes sleeping threads for a small loop.
+constexpr int kBackToBackLoops = 3;
+
+constexpr int64_t kLongAgo = std::numeric_limits<int64_t>::min() / 2;
+thread_local int64_t last_loop_ns = kLongAgo;
+thread_local int64_t last_region_end_ns = kLongAgo;
+thread_local int loops_back_to_back = 0;
 
 }  // namespace
 
-bool threads_spin() { return kThreadsSpin; }
+bool threads_spin() { return kSpinCount > 0; }
+
+// One spin (a `pause` and a load) counted as 1 ns: shorter than on any x86-64 CPU, so the time
+// reckoned never outlasts the spinning (libgomp's 5000 spins took about 0.1 ms here). Libgomp
+// spins at most 1000 times when it has more threads than the machine has cores.
+int64_t spin_time_ns() {
+  unsigned long long spins = kSpinCount;
+  static const unsigned cores = std::thread::hardware_concurrency();  // reads /sys at each call
+  if (cores > 0 && static_cast<unsigned>(get_num_threads()) > cores && spins > 1000) spins = 1000;
+  return spins > 1000000000ULL ? 1000000000LL : static_cast<int64_t>(spins);
+}
+
+bool back_to_back() {
+  const int64_t now = now_ns(), spin_time = spin_time_ns();
+  loops_back_to_back = now - last_loop_ns < spin_time ? loops_back_to_back + 1 : 0;
+  last_loop_ns = now;
+  return now - last_region_end_ns < spin_time || loops_back_to_back >= kBackToBackLoops;
+}
+
+void note_region_end() { last_region_end_ns = now_ns(); }
 
 bool openmp_enabled() {
 #ifdef _OPENMP

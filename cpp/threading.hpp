@@ -22,23 +22,38 @@ bool openmp_enabled();
 // costs 100-200 us on a virtual machine.
 constexpr int64_t kMinElementsPerThread = int64_t{1} << 17;
 
-// The same for a loop right after a parallel loop of the same kernel call (`awake`): its
-// threads are still spinning (unless OpenMP was told not to spin: threads_spin), so a fork
-// costs microseconds, not a wake-up.
-constexpr int64_t kMinElementsPerAwakeThread = int64_t{1} << 14;
+// The same for loops whose threads are spinning (unless OpenMP was told not to spin:
+// threads_spin), where a fork costs a microsecond or two, not a wake-up: a loop right after a
+// parallel loop of the same kernel call (`awake`), and loops that come back to back.
+constexpr int64_t kMinElementsPerAwakeThread = int64_t{1} << 13;
 
 // False when OMP_WAIT_POLICY is PASSIVE or GOMP_SPINCOUNT is 0 (threads sleep at once).
 bool threads_spin();
 
+// How long OpenMP threads surely spin after a parallel region, in ns (counted low; at most 1 s).
+int64_t spin_time_ns();
+
+// Whether a loop of too little work to wake sleeping threads goes parallel anyway: this thread's
+// last parallel region ended less than the OpenMP runtime's spin time ago (counted low), so its
+// team is spinning; or loops of that size have come back to back, each that soon after the
+// last (kernels called in a loop: a benchmark, a C++ program's inner loop), so the team will
+// spin after one wake-up. Calls from Python come further apart than the spin time counted for
+// normkit's GOMP_SPINCOUNT. Notes the call.
+bool back_to_back();
+void note_region_end();  // called by the thread that ran a parallel region, after it
+
 // Threads for a parallel loop of n_tasks tasks and `elements` elements of work in all: at most
 // one per task and one per kMinElementsPerThread elements, or per kMinElementsPerAwakeThread
-// with `awake` (0 or 1: run inline).
+// when its threads are spinning (`awake`, or back_to_back); 0 or 1: run inline.
 inline int64_t team_size(int64_t n_tasks, int64_t elements, bool awake = false) {
-  const int64_t per_thread =
-      awake && threads_spin() ? kMinElementsPerAwakeThread : kMinElementsPerThread;
   int64_t threads = get_num_threads();
   if (threads > n_tasks) threads = n_tasks;
-  if (threads > elements / per_thread) threads = elements / per_thread;
+  if (threads > elements / kMinElementsPerThread) {
+    const bool spinning =
+        elements >= 2 * kMinElementsPerAwakeThread && threads_spin() && (awake || back_to_back());
+    const int64_t per_thread = spinning ? kMinElementsPerAwakeThread : kMinElementsPerThread;
+    if (threads > elements / per_thread) threads = elements / per_thread;
+  }
   return threads;
 }
 
@@ -59,6 +74,7 @@ int64_t parallel_for(int64_t n_tasks, int64_t elements_per_task, bool awake, con
       const int64_t end = n_tasks * (t + 1) / team;
       if (begin < end) f(begin, end);
     }
+    note_region_end();
     return threads;
   }
 #endif
@@ -93,6 +109,7 @@ void parallel_phases(int64_t n_first, int64_t n_second, int64_t elements, const 
       if (n_second * t / team < n_second * (t + 1) / team)
         second(n_second * t / team, n_second * (t + 1) / team);
     }
+    note_region_end();
     return;
   }
 #endif

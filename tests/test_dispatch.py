@@ -60,6 +60,62 @@ def test_openmp_wait_policy_and_environment(env, policy, left):
     assert result.stdout.splitlines() == [policy, left]
 
 
+@pytest.mark.parametrize(
+    "env, spin_time_ns",
+    [
+        ({}, 5000),  # normkit's GOMP_SPINCOUNT=5000, one spin counted as 1 ns
+        ({"GOMP_SPINCOUNT": "2k"}, 2000),
+        ({"GOMP_SPINCOUNT": "3M"}, 3_000_000),
+        ({"GOMP_SPINCOUNT": "infinite"}, 1_000_000_000),  # capped at 1 s
+        ({"OMP_WAIT_POLICY": "active"}, 1_000_000_000),
+        ({"OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "5000"}, 0),
+        ({"GOMP_SPINCOUNT": "0"}, 0),
+    ],
+)
+def test_spin_time_follows_the_openmp_environment(env, spin_time_ns):
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = "import normkit; print(normkit.info()['omp_spin_time_ns'])"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**base, **env},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == spin_time_ns
+
+
+BACK_TO_BACK = """
+import numpy as np, normkit
+rng = np.random.default_rng(5)
+x = (rng.standard_normal((256, 64)) + 1e4).astype(np.float32)
+dy = rng.standard_normal(x.shape).astype(np.float32)
+xb = (rng.standard_normal((8, 512, 7, 7)) + 1e4).astype(np.float32)
+dyb = rng.standard_normal(xb.shape).astype(np.float32)
+g = rng.standard_normal(64).astype(np.float32)
+def step():
+    y, mean, rstd = normkit.layer_norm_forward(x, g, g)
+    out = [y, mean, rstd, *normkit.layer_norm_backward(dy, x, mean, rstd, g)]
+    yb, m, inv = normkit.batch_norm_forward(xb, training=True)
+    return out + [yb, m, inv, *normkit.batch_norm_backward(dyb, xb, m, inv)]
+normkit.set_num_threads(1)
+want = step()
+normkit.set_num_threads(2)
+for _ in range(50):
+    assert all(np.array_equal(a, b) for a, b in zip(step(), want))
+print("same")
+"""
+
+
+def test_small_kernels_back_to_back_give_the_same_bits():
+    # With threads that spin for a second (counted), small kernels called in a loop go to two
+    # threads after the first few calls (back_to_back): the same bits as on one thread.
+    result = run_python(BACK_TO_BACK, {"GOMP_SPINCOUNT": "infinite"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "same"
+
+
 def test_auto_picks_the_best_available():
     result = run_python(CHECK.format(isa=ISAS[-1]), {"NORMKIT_ISA": "auto"})
     assert result.returncode == 0, result.stderr
