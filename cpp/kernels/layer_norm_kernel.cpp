@@ -48,7 +48,9 @@ struct Plan {
     int64_t max_blocks = kPartialsBytes / (2 * int64_t{sizeof(double)} * (cols_ > 0 ? cols_ : 1));
     if (max_blocks < kMinRowBlocks) max_blocks = kMinRowBlocks;
     if (max_blocks > kMaxRowBlocks) max_blocks = kMaxRowBlocks;
+    // Whole flushes of the accumulators (kRowsPerFlush rows) per block, at least one.
     rows_per_block = (rows_ + max_blocks - 1) / max_blocks;
+    rows_per_block = (rows_per_block + kRowsPerFlush - 1) / kRowsPerFlush * kRowsPerFlush;
     if (rows_per_block < kRowsPerFlush) rows_per_block = kRowsPerFlush;
     n_blocks = (rows + rows_per_block - 1) / rows_per_block;
   }
