@@ -48,7 +48,7 @@ void note_region_end();  // called by the thread that ran a parallel region, aft
 inline int64_t team_size(int64_t n_tasks, int64_t elements, bool awake = false) {
   int64_t threads = get_num_threads();
   if (threads > n_tasks) threads = n_tasks;
-  if (threads > elements / kMinElementsPerThread) {
+  if (threads > 1 && threads > elements / kMinElementsPerThread) {
     const bool spinning =
         elements >= 2 * kMinElementsPerAwakeThread && threads_spin() && (awake || back_to_back());
     const int64_t per_thread = spinning ? kMinElementsPerAwakeThread : kMinElementsPerThread;
