@@ -23,6 +23,18 @@ def test_info_fields():
     assert 8 << 20 <= info["stream_threshold_bytes"] <= 64 << 20
 
 
+def run_with_openmp_env(code, env):
+    """Run code in a fresh interpreter whose OpenMP wait settings are exactly `env`."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**base, **env},
+        timeout=120,
+    )
+
+
 WAIT_POLICY = (
     "import os, normkit; "
     "print(normkit.info()['omp_wait_policy'], normkit.info()['omp_threads_spin']); "
@@ -48,14 +60,7 @@ def test_openmp_wait_policy_and_environment(env, policy, left):
     # normkit's OpenMP threads spin only briefly between kernels unless the user says
     # otherwise, and the environment is left as it was found. Threads that do not spin are not
     # counted on as awake for a kernel's later passes (threads_spin).
-    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    result = subprocess.run(
-        [sys.executable, "-c", WAIT_POLICY],
-        capture_output=True,
-        text=True,
-        env={**base, **env},
-        timeout=120,
-    )
+    result = run_with_openmp_env(WAIT_POLICY, env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [policy, left]
 
@@ -74,15 +79,7 @@ def test_openmp_wait_policy_and_environment(env, policy, left):
     ],
 )
 def test_spin_time_follows_the_openmp_environment(env, spin_time_ns):
-    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    code = "import normkit; print(normkit.info()['omp_spin_time_ns'])"
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={**base, **env},
-        timeout=120,
-    )
+    result = run_with_openmp_env("import normkit; print(normkit.info()['omp_spin_time_ns'])", env)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) == spin_time_ns
 
