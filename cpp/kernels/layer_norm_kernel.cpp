@@ -25,11 +25,11 @@ namespace NORMKIT_CPU_NS {
 namespace {
 
 constexpr int64_t kMaxRowBlocks = 128;  // rows are grouped into at most this many blocks ...
-// ... and fewer when their dgamma/dbeta partials (2 float64 rows per block: zeroed, added to
-// every kRowsPerFlush rows, summed at the end) would pass kPartialsBytes, down to
-// kMinRowBlocks. With 128 blocks of 32 rows, a 4096x4096 float32 backward moved 8 MB of
-// partials besides its 201 MB, much of it to and from memory: 32 blocks measured 8.0 -> 6.8 ms
-// on 2 threads (interleaved medians of 7; 16 blocks no faster).
+// ... and fewer when their dgamma/dbeta partials (2 float64 rows per block: set at the first
+// flush of the accumulators, added to every kRowsPerFlush rows after, summed at the end) would
+// pass kPartialsBytes, down to kMinRowBlocks. With 128 blocks of 32 rows, a 4096x4096 float32
+// backward moved 8 MB of partials besides its 201 MB, much of it to and from memory: 32 blocks
+// measured 8.0 -> 6.8 ms on 2 threads (interleaved medians of 7; 16 blocks no faster).
 constexpr int64_t kPartialsBytes = int64_t{1} << 20;
 constexpr int64_t kMinRowBlocks = 32;
 // Rows whose dgamma/dbeta contributions are summed in T before going to the float64 partials
