@@ -260,8 +260,8 @@ void expand_to_columns(T* out, const T* per_channel, const Shape& sh) {
 
 // Runs layout: sums of dy and dy * xhat over one chunk of a run; with kDx also dx = k * dy.
 // Scalar math: xhat = (x - mean) * invstd;  sums += (dy, dy * xhat)
-// With ahead != 0 it also prefetches dy and x `ahead` elements on into L2 (see runs_ahead).
-template <class T, bool kDx>
+// With kAhead it also prefetches dy and x `ahead` elements on into L2 (see runs_ahead).
+template <class T, bool kDx, bool kAhead = false>
 void chunk_grad_sums(double* out, T* dx, const T* dy, const T* x, T mean, T invstd, T k, int64_t n,
                      int64_t ahead = 0) {
   using V = Vec<T>;
@@ -274,7 +274,7 @@ void chunk_grad_sums(double* out, T* dx, const T* dy, const T* x, T mean, T invs
     blocked_loop<T, kC>(
         n_vec,
         [&](int64_t j, int u) {
-          if (ahead != 0) {
+          if constexpr (kAhead) {
             __builtin_prefetch(dy + j + ahead, 0, 2);
             __builtin_prefetch(x + j + ahead, 0, 2);
           }
@@ -719,8 +719,12 @@ void train_backward_by_channel(T* dx, double* sum_dy, double* sum_dy_xhat, const
           const int64_t off = (i * c + ch) * s + q * kChunk;
           const int64_t len = s - q * kChunk < kChunk ? s - q * kChunk : kChunk;
           double part[2];
-          chunk_grad_sums<T, false>(part, nullptr, dy + off, x + off, mean[ch], invstd[ch], T(0),
-                                    len, ahead > 0 && i + ahead < n ? ahead * c * s : 0);
+          if (ahead > 0)  // (the last runs prefetch their own lines: offset 0)
+            chunk_grad_sums<T, false, true>(part, nullptr, dy + off, x + off, mean[ch], invstd[ch],
+                                            T(0), len, i + ahead < n ? ahead * c * s : 0);
+          else
+            chunk_grad_sums<T, false>(part, nullptr, dy + off, x + off, mean[ch], invstd[ch], T(0),
+                                      len);
           s_dy += part[0];
           s_dyx += part[1];
         }
@@ -759,9 +763,10 @@ void train_forward_by_channel(T* y, T* mean, T* invstd, double* batch_mean, doub
         for (int64_t q = 0; q < per_run; ++q) {
           const int64_t off = (i * c + ch) * s + q * kChunk;
           const int64_t len = s - q * kChunk < kChunk ? s - q * kChunk : kChunk;
-          store_moments(
-              parts + 3 * (i * per_run + q),
-              chunk_moments(x + off, len, ref, ahead > 0 && i + ahead < n ? ahead * c * s : 0));
+          store_moments(parts + 3 * (i * per_run + q),
+                        ahead > 0 ? chunk_moments<T, true>(x + off, len, ref,
+                                                           i + ahead < n ? ahead * c * s : 0)
+                                  : chunk_moments(x + off, len, ref));
         }
       const Moments m = combine(n * per_run, [&](int64_t q) { return parts + 3 * q; });
       batch_mean[ch] = static_cast<double>(ref) + m.mean;

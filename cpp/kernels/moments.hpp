@@ -30,9 +30,9 @@ inline bool shift_too_far(const Moments& m, double shift) {
 }
 
 // Moments of x[0, n) around shift: sums of d = x - shift and d^2 blocked into float64. The
-// mean comes out relative to ref (0: the mean itself; see chunk_moments). With ahead != 0 it
-// also prefetches x `ahead` elements on into L2 (values a later call will read).
-template <class T>
+// mean comes out relative to ref (0: the mean itself; see chunk_moments). With kAhead it also
+// prefetches x `ahead` elements on into L2 (values a later call will read).
+template <class T, bool kAhead = false>
 Moments shifted_moments(const T* x, int64_t n, T shift, T ref, int64_t ahead = 0) {
   using V = Vec<T>;
   const int64_t n_vec = n - n % V::width;
@@ -44,7 +44,7 @@ Moments shifted_moments(const T* x, int64_t n, T shift, T ref, int64_t ahead = 0
     blocked_loop<T, kC>(
         n_vec,
         [&](int64_t j, int u) {
-          if (ahead != 0) __builtin_prefetch(x + j + ahead, 0, 2);
+          if constexpr (kAhead) __builtin_prefetch(x + j + ahead, 0, 2);
           const V d = V::load(x + j) - shift_v;
           sum_d.acc[u] = sum_d.acc[u] + d;
           sum_d2.acc[u] = fmadd(d, d, sum_d2.acc[u]);
@@ -116,12 +116,12 @@ template <class T>
 // share (its first value): merging chunks then subtracts small relative means, not two nearly
 // equal absolute ones, which would lose digits of the between-chunk part of m2 when
 // |mean| >> std (float64 rstd was off by 5e-13 on sorted rows at mean 1e4 x std).
-// `ahead`: as in shifted_moments.
-template <class T>
+// kAhead, ahead: as in shifted_moments.
+template <class T, bool kAhead = false>
 [[gnu::always_inline]] inline Moments chunk_moments(const T* x, int64_t n, T ref,
                                                     int64_t ahead = 0) {
   const T shift = n >= Vec<T>::width ? first_vector_mean(x) : x[0];
-  const Moments m = shifted_moments(x, n, shift, ref, ahead);
+  const Moments m = shifted_moments<T, kAhead>(x, n, shift, ref, ahead);
   const bool too_far = shift_too_far(m, static_cast<double>(shift) - static_cast<double>(ref));
   if (too_far || overflowed<T>(m)) return moments_again(x, n, ref, m, too_far);
   return m;
