@@ -263,6 +263,34 @@ def test_channel_at_a_time_gives_the_bits_of_whole_array_passes(isa, dtype):
     assert_same_with_one_and_two_threads(compute)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("inputs", [1, 2], ids=["forward", "backward"])
+def test_three_large_channels_give_the_bits_of_whole_array_passes(isa, dtype, inputs):
+    # Builds without AVX-512 go a channel at a time on one thread too, when two channels (of x,
+    # and dy in the backward) fit in the last-level cache and there are at least two channels
+    # per thread: with 3 channels that is 1 thread, never 2, which checks the one against the
+    # whole-array passes (each of the forward and the backward, whose channels are sized apart).
+    llc = normkit.info()["last_level_cache_bytes"]
+    itemsize = np.dtype(dtype).itemsize
+    channel_bytes = int(llc * (0.45 if inputs == 1 else 0.22))
+    if llc == 0 or 3 * channel_bytes > 1 << 30:
+        pytest.skip("last-level cache unknown or too large for a test array")
+    s = 17 * 19
+    n = channel_bytes // (s * itemsize) | 1
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((n, 3, s)) + 50).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    gamma = rng.standard_normal(3).astype(dtype)
+
+    def compute():
+        y, mean, invstd = normkit.batch_norm_forward(x, None, None, gamma, None, training=True)
+        if inputs == 1:
+            return (y, mean, invstd)
+        return normkit.batch_norm_backward(dy, x, mean, invstd, gamma)
+
+    assert_same_with_one_and_two_threads(compute)
+
+
 @pytest.mark.parametrize("axis", [1, -1])
 def test_float32_statistics_of_2_pow_24_values(axis):
     # 2^24 float32 values per channel at mean 1e4, std 1: a float32 running sum would stall
