@@ -764,6 +764,13 @@ void forward_short_rows(T* y, T* mean, T* rstd, const T* x, const T* gamma, cons
       return forward_short_rows_of<T, kStream, 4>(y, mean, rstd, x, gamma, beta, rows, cols, eps);
     case 8:
       return forward_short_rows_of<T, kStream, 8>(y, mean, rstd, x, gamma, beta, rows, cols, eps);
+    case 16:  // AVX2's 128 float32 or 64 float64 columns (measured on Zen 3: 65536x128 float32
+              // from memory, 1 / 2 threads, 7.1 / 3.8 -> 4.3 / 2.7 ms; 256x64 float64 in cache
+              // 14 -> 10 us); AVX-512 and SSE2 rows of 16 vectors, unmeasured, stay generic
+      if constexpr (sizeof(Vec<T>) == 32)
+        return forward_short_rows_of<T, kStream, 16>(y, mean, rstd, x, gamma, beta, rows, cols,
+                                                     eps);
+      [[fallthrough]];
     default:
       return forward_short_rows_of<T, kStream, 0>(y, mean, rstd, x, gamma, beta, rows, cols, eps);
   }
