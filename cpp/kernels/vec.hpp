@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
 #include <immintrin.h>
@@ -381,10 +382,12 @@ struct Chains {
   static_assert(kC == 1 || kC == 2 || kC == 4, "chains are added as a binary tree");
   Vec<T> acc[kC];
 
-  static Chains zero() {
-    Chains c;
-    for (auto& a : c.acc) a = Vec<T>::broadcast(T(0));
-    return c;
+  // Zeros, one broadcast per chain (a loop of zero stores here became a memset, which GCC
+  // expanded as `rep stos` on the stack: 18 % of the statistics of 196-value runs).
+  static Chains zero() { return zero_of(std::make_integer_sequence<int, kC>{}); }
+  template <int... kU>
+  static Chains zero_of(std::integer_sequence<int, kU...>) {
+    return Chains{{(static_cast<void>(kU), Vec<T>::broadcast(T(0)))...}};
   }
   // total += the chains widened and added as a tree, (c0 + c1) + (c2 + c3): a short dependency
   // chain. The chains restart at zero.
@@ -395,7 +398,7 @@ struct Chains {
       for (int u = 0; u + step < kC; u += 2 * step)
         for (int k = 0; k < Wide<T>::parts; ++k) w[u].part[k] = w[u].part[k] + w[u + step].part[k];
     total.add(w[0]);
-    for (auto& a : acc) a = Vec<T>::broadcast(T(0));
+    *this = zero();
   }
 };
 
