@@ -242,8 +242,8 @@ def test_threads_give_bitwise_identical_results(isa, shape, axis, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_channel_at_a_time_gives_the_bits_of_whole_array_passes(isa, dtype):
     # Training arrays larger than the last-level cache whose channels fit in L2 go a channel at
-    # a time per thread on two threads or more, in whole-array passes on one: same bits. (Builds
-    # without AVX-512 do so for runs of 1 KiB and more only.)
+    # a time per thread: the AVX-512 build on two threads or more (whole-array passes on one),
+    # the others on any thread count for runs of 1 KiB and more. 1 and 2 threads: same bits.
     info = normkit.info()
     itemsize = np.dtype(dtype).itemsize
     s = 17 * 19  # odd runs of over 1 KiB: unaligned starts, vector tails

@@ -787,22 +787,21 @@ void train_forward_by_channel(T* y, T* mean, T* invstd, double* batch_mean, doub
 
 // Whether the training passes go a channel at a time per thread (train_forward_by_channel,
 // train_backward_by_channel): the `inputs` arrays read twice are larger than the last-level
-// cache (a second pass over smaller ones finds much of them there anyway), two threads or more
-// share the memory bus, and two channels of the inputs (the current one and the prefetched
-// next) fit in the cache the second pass is to find them in. Which cache that is, which runs
-// pay and from how many threads differ between the machines measured, so the thresholds follow
-// the build (an AVX-512 CPU is the newer kind):
+// cache (a second pass over smaller ones finds much of them there anyway) and two channels of
+// them (the current one and the prefetched next) fit in the cache the second pass is to find
+// them in. Which cache that is, which runs pay and from how many threads differ between the
+// machines measured, so the thresholds follow the build (an AVX-512 CPU is the newer kind):
 //  - AVX-512 build, on Zen 4 (1 MiB L2, DDR5): two threads or more, two channels within L2,
 //    runs of any length. 2 threads, interleaved medians: 256x256x14x14 backward float32 6.9 ->
-//    5.9 ms, forward float64 8.1 -> 6.3 ms (float32 no change). On one thread it measured 5-15 %
-//    slower (one core keeps too few misses in flight for runs a whole image apart). With
-//    channels of up to all of L2,
-//    32x64x56x56 backward (800 KiB channels) went 20 % slower; nor did it gain from the next
-//    channel's sums pass fused into this channel's dx pass (3 streams from memory instead of
-//    5): 2.45-2.66 ms against 2.09-2.57. One core reads a channel's runs (12.5 KB, 800 KB
-//    apart) at about 15 GB/s and the arrays in memory order at about 24. Nor did two threads
-//    sharing each such channel (each summing half its runs, waiting for the other's sums,
-//    then its dx from L2): 2.97 -> 2.78 ms at best, 5-13 % of the time spent waiting.
+//    5.9 ms, forward float64 8.1 -> 6.3 ms (float32 no change). On one thread it measured
+//    5-15 % slower (one core keeps too few misses in flight for runs a whole image apart).
+//    With channels of up to all of L2, 32x64x56x56 backward (800 KiB channels) went 20 %
+//    slower; nor did it gain from the next channel's sums pass fused into this channel's dx
+//    pass (3 streams from memory instead of 5): 2.45-2.66 ms against 2.09-2.57. One core reads
+//    a channel's runs (12.5 KB, 800 KB apart) at about 15 GB/s and the arrays in memory order
+//    at about 24. Nor did two threads sharing each such channel (each summing half its runs,
+//    waiting for the other's sums, then its dx from L2): 2.97 -> 2.78 ms at best, 5-13 % of
+//    the time spent waiting.
 //  - Other builds, on Zen 3 (512 KiB L2, DDR4): any number of threads, runs of at least 1 KiB,
 //    two channels per thread within the last-level cache (Zen's L3 takes what L2 evicts, so
 //    the second pass finds the channel there). Interleaved medians of 3, whole-array -> by
@@ -812,7 +811,8 @@ void train_forward_by_channel(T* y, T* mean, T* invstd, double* batch_mean, doub
 //    -> 5.5 / 7.1, float64 10.7 / 17.8 -> 8.7 / 14.1; 256x256x14x14 float64 forward 23.4 ->
 //    16.6. But runs of 784 bytes (14x14 float32) went 40 % slower by channel on 2 threads,
 //    whether two channels fit in L2 or not (256x256x14x14 forward 8.6 -> 12.2 ms;
-//    64x1024x14x14 and 128x512x14x14 alike).
+//    64x1024x14x14 and 128x512x14x14 alike); so did groups of 2-11 adjacent channels at a
+//    time (1-8 KiB of runs in order per image): 17-74 % slower on 1 and 2 threads.
 template <class T>
 bool by_channel(const Shape& sh, int64_t inputs) {
   const int64_t threads = get_num_threads();
