@@ -60,17 +60,43 @@ bool stream_output(const Shape& sh) {
   return sh.n * sh.c * sh.s * int64_t{sizeof(T)} >= stream_threshold_bytes();
 }
 
-// The whole-array passes over arrays this large (streamed: they come from memory) prefetch x
-// this many bytes ahead of the vector they reach, into L2. The hardware prefetchers alone fall
-// behind whenever the core stops issuing loads, at every run's end (the moments of a run are
-// folded into float64 and stored) and behind the arithmetic of the normalization. Zen 3, AVX2,
-// float32, interleaved medians of 3-5, none -> 4 / 8 / 16 KiB ahead, 2 threads: 256x256x14x14
-// training forward 8.5 -> 6.8 / 6.7 / 6.6 ms, inference 4.2 -> 3.4 / 3.3 / 3.4; 32x64x56x56
-// forward 3.3 -> 2.4 / 2.4 / 2.3, inference 1.8 -> 1.5 / 1.4 / 1.0; channels-last 32x56x56x64
-// forward 4.7 -> 3.9 / 4.1 / 4.0, inference 2.2 -> 1.5 / 1.6 / 1.5. (A STREAM-style copy
-// measured 5-13 % faster with a prefetch 2-8 KiB ahead.)
+// The whole-array passes over arrays this large (streamed: they come from memory) prefetch
+// their inputs (x, dy) this many bytes ahead of the vector they reach, into L2. The hardware
+// prefetchers alone fall behind whenever the core stops issuing loads: at every run's end (its
+// sums are folded into float64 and stored) and behind the arithmetic of the normalization.
+// Zen 3, AVX2, float32, interleaved medians of 3-7, none -> 4 / 8 / 16 KiB ahead, 2 threads:
+// 256x256x14x14 training forward 8.5 -> 6.8 / 6.7 / 6.6 ms, inference 4.2 -> 3.4 / 3.3 / 3.4;
+// 32x64x56x56 forward 3.3 -> 2.4 / 2.4 / 2.3, inference 1.8 -> 1.5 / 1.4 / 1.0; channels-last
+// 32x56x56x64 inference 2.2 -> 1.5 / 1.6 / 1.5. None -> 8 KiB: 256x256x14x14 backward
+// 12.6 -> 10.3 ms (1 thread 20.9 -> 17.6); channels-last backward's dx pass 6.7 -> 6.2 ms
+// (float64 15.2 -> 13.8). (A STREAM-style copy measured 5-13 % faster with a prefetch 2-8 KiB
+// ahead; a pass that only sums, -6 to +18 %.)
+constexpr int64_t kAheadBytes = 8192;
 template <class T>
-constexpr int64_t kAheadValues = 8192 / int64_t{sizeof(T)};
+constexpr int64_t kAheadValues = kAheadBytes / int64_t{sizeof(T)};
+
+// The column layout's form of that prefetch, for tables whose tasks take whole rows (at most
+// kColGroup columns: channels-last), so that a thread's rows lie back to back: the first
+// register tile of a task fetches, with each row it reaches, the row about 8 KiB on (`rows`
+// rows), whose other tiles then come from cache too. Channels-last 32x56x56x64, interleaved
+// medians of 3, none -> 8 KiB ahead, 2 threads: training forward float32 4.5 -> 3.7 ms,
+// float64 9.6 -> 7.9; backward float32 7.4 -> 6.5, float64 19.3 -> 14.7 (16 / 32 / 64 rows
+// of 256 bytes ahead: forward 3.7 / 3.5 / 3.4 ms). 1024x1024 float64 (8 MiB, four tasks per
+// row) ran 10 % slower with it on 2 threads: wider tables take none.
+struct RowsAhead {
+  int64_t rows = 0, bytes = 0;  // rows ahead, bytes of each row fetched (0: no prefetch)
+
+  template <class T>
+  static RowsAhead of(const Shape& sh, int64_t j0, int64_t j1, bool first_tile) {
+    if (!first_tile || sh.n_col_groups() > 1 || !stream_output<T>(sh)) return {};
+    const int64_t bytes = (j1 - j0) * int64_t{sizeof(T)};
+    return {(kAheadBytes + bytes - 1) / bytes, bytes};
+  }
+  void fetch(const void* row_start, int64_t row_stride_bytes) const {
+    const char* p = static_cast<const char*>(row_start) + rows * row_stride_bytes;
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 2);  // prefetcht1
+  }
+};
 
 void store_moments(double* p, const Moments& m) {
   p[0] = m.count;
@@ -135,7 +161,7 @@ void column_moments(double* out, const T* x, T ref, int64_t cols, int64_t j, int
 // done again by column_moments, as is one whose float32 sums overflowed.
 template <class T>
 void tile_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j0, int64_t r0,
-                  int64_t r1) {
+                  int64_t r1, const RowsAhead& ahead) {
   using V = Vec<T>;
   constexpr int64_t kTile = kChains * V::width;
   const double count = static_cast<double>(r1 - r0);
@@ -162,6 +188,7 @@ void tile_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
   for (int u = 0; u < kChains; ++u) tot_d[u] = tot_d2[u] = WideSum<T>::zero();
   for (int64_t r = r0; r < r1; ++r) {
     const T* xr = x + r * cols + j0;
+    ahead.fetch(xr, cols * int64_t{sizeof(T)});
     for (int u = 0; u < kChains; ++u) {
       const V d = V::load(xr + u * V::width) - V::load(shift + u * V::width);
       acc_d.acc[u] = acc_d.acc[u] + d;
@@ -194,7 +221,8 @@ void tile_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
 // With kDx also dx = k * dy (eval-mode backward, in the same pass). out: 2 doubles per column.
 template <class T, bool kDx>
 void tile_grad_sums(double* out, T* dx, const T* dy, const T* x, const T* mean, const T* invstd,
-                    const T* k, int64_t cols, int64_t j0, int64_t r0, int64_t r1) {
+                    const T* k, int64_t cols, int64_t j0, int64_t r0, int64_t r1,
+                    const RowsAhead& ahead) {
   using V = Vec<T>;
   constexpr int64_t kTile = kChains * V::width;
   V mean_v[kChains], invstd_v[kChains], k_v[kChains];
@@ -208,6 +236,8 @@ void tile_grad_sums(double* out, T* dx, const T* dy, const T* x, const T* mean, 
   for (int u = 0; u < kChains; ++u) tot_dy[u] = tot_dyx[u] = WideSum<T>::zero();
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t off = r * cols + j0;
+    ahead.fetch(x + off, cols * int64_t{sizeof(T)});
+    ahead.fetch(dy + off, cols * int64_t{sizeof(T)});
     for (int u = 0; u < kChains; ++u) {
       const V d = V::load(dy + off + u * V::width);
       const V xhat = (V::load(x + off + u * V::width) - mean_v[u]) * invstd_v[u];
@@ -443,6 +473,10 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
         runs_elementwise<T, kStream, 5>(
             dx, sh, t0, t1, {mean, invstd, k, a, nb},
             [&](int64_t j, const V(&kv)[5]) {
+              if constexpr (kStream) {
+                __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
+                __builtin_prefetch(dy + j + kAheadValues<T>, 0, 2);
+              }
               const V xhat = (V::load(x + j) - kv[0]) * kv[1];
               return fmadd(xhat, kv[4], V::load(dy + j) - kv[3]) * kv[2];
             },
@@ -453,7 +487,10 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
       } else {
         runs_elementwise<T, kStream, 1>(
             dx, sh, t0, t1, {k},
-            [&](int64_t j, const V(&kv)[1]) { return V::load(dy + j) * kv[0]; },
+            [&](int64_t j, const V(&kv)[1]) {
+              if constexpr (kStream) __builtin_prefetch(dy + j + kAheadValues<T>, 0, 2);
+              return V::load(dy + j) * kv[0];
+            },
             [&](int64_t j, int64_t ch) { return dy[j] * k[ch]; });
       }
       if constexpr (kStream) stream_fence();
@@ -469,6 +506,10 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
         elementwise<T, kStream>(
             dx + r * cols, cols,
             [&](int64_t j) {
+              if constexpr (kStream) {
+                __builtin_prefetch(xr + j + kAheadValues<T>, 0, 2);
+                __builtin_prefetch(dyr + j + kAheadValues<T>, 0, 2);
+              }
               const V xhat = (V::load(xr + j) - V::load(mean + j)) * V::load(invstd + j);
               const V neg_b = V::broadcast(T(0)) - V::load(b + j);
               return fmadd(xhat, neg_b, V::load(dyr + j) - V::load(a + j)) * V::load(k + j);
@@ -479,7 +520,11 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
             });
       } else {
         elementwise<T, kStream>(
-            dx + r * cols, cols, [&](int64_t j) { return V::load(dyr + j) * V::load(k + j); },
+            dx + r * cols, cols,
+            [&](int64_t j) {
+              if constexpr (kStream) __builtin_prefetch(dyr + j + kAheadValues<T>, 0, 2);
+              return V::load(dyr + j) * V::load(k + j);
+            },
             [&](int64_t j) { return dyr[j] * k[j]; });
       }
     }
@@ -561,7 +606,11 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
       sh.task(t, r0, r1, j0, j1);
       double* out = parts + 3 * cols * (r0 / kBlockRows);
       for_tiles<T>(
-          j0, j1, [&](int64_t j) { tile_moments(out + 3 * j, x, ref, cols, j, r0, r1); },
+          j0, j1,
+          [&](int64_t j) {
+            tile_moments(out + 3 * j, x, ref, cols, j, r0, r1,
+                         RowsAhead::of<T>(sh, j0, j1, j == j0));
+          },
           [&](int64_t j) { column_moments(out + 3 * j, x, ref[j], cols, j, r0, r1); });
     }
   });
@@ -596,15 +645,20 @@ int64_t grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, 
   if (!sh.columns()) {
     const int64_t per_run = sh.chunks_per_run(), units = sh.n_units();
     Workspace ws(static_cast<std::size_t>(2 * units));
-    double* parts = ws.data();  // (n, c, chunks_per_run, 2), memory order
+    double* parts = ws.data();                // (n, c, chunks_per_run, 2), memory order
+    const bool ahead = stream_output<T>(sh);  // prefetch (see kAheadValues)
     const int64_t team =
         parallel_for(units, 2 * (s < kChunk ? s : kChunk), [&](int64_t u0, int64_t u1) {
           for (int64_t u = u0; u < u1; ++u) {
             const int64_t run = u / per_run, c0 = (u % per_run) * kChunk;
             const int64_t len = s - c0 < kChunk ? s - c0 : kChunk;
             const int64_t ch = run % c, off = run * s + c0;
-            chunk_grad_sums<T, kDx>(parts + 2 * u, dx + off, dy + off, x + off, mean[ch],
-                                    invstd[ch], kDx ? k[ch] : T(0), len);
+            if (ahead)
+              chunk_grad_sums<T, kDx, true>(parts + 2 * u, dx + off, dy + off, x + off, mean[ch],
+                                            invstd[ch], kDx ? k[ch] : T(0), len, kAheadValues<T>);
+            else
+              chunk_grad_sums<T, kDx>(parts + 2 * u, dx + off, dy + off, x + off, mean[ch],
+                                      invstd[ch], kDx ? k[ch] : T(0), len);
           }
         });
     parallel_for(c, 2 * n * per_run, [&](int64_t c0, int64_t c1) {
@@ -639,7 +693,7 @@ int64_t grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, 
               j0, j1,
               [&](int64_t j) {
                 tile_grad_sums<T, kDx>(out + 2 * j, dx, dy, x, mean_col, invstd_col, k_col, cols, j,
-                                       r0, r1);
+                                       r0, r1, RowsAhead::of<T>(sh, j0, j1, j == j0));
               },
               [&](int64_t j) {
                 column_grad_sums<T, kDx>(out + 2 * j, dx, dy, x, mean_col, invstd_col, k_col, cols,
