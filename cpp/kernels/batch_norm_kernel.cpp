@@ -60,6 +60,12 @@ bool stream_output(const Shape& sh) {
   return sh.n * sh.c * sh.s * int64_t{sizeof(T)} >= stream_threshold_bytes();
 }
 
+// Fetches [p, p + bytes) into L2 (prefetcht1).
+inline void prefetch_l2(const void* p, int64_t bytes) {
+  const char* b = static_cast<const char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(b + i, 0, 2);
+}
+
 // The whole-array passes over arrays this large (streamed: they come from memory) prefetch
 // their inputs (x, dy) this many bytes ahead of the vector they reach, into L2. The hardware
 // prefetchers alone fall behind whenever the core stops issuing loads: at every run's end (its
@@ -93,8 +99,7 @@ struct RowsAhead {
     return {(kAheadBytes + bytes - 1) / bytes, bytes};
   }
   void fetch(const void* row_start, int64_t row_stride_bytes) const {
-    const char* p = static_cast<const char*>(row_start) + rows * row_stride_bytes;
-    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 2);  // prefetcht1
+    prefetch_l2(static_cast<const char*>(row_start) + rows * row_stride_bytes, bytes);
   }
 };
 
@@ -751,12 +756,6 @@ void batch_norm_backward_apply(T* dx, const T* dy, const T* x, const T* mean, co
                                const T* k, const T* a, const T* b, int64_t n, int64_t c,
                                int64_t s) {
   backward_apply(dx, dy, x, mean, invstd, k, a, b, Shape{n, c, s}, false);
-}
-
-// Fetches [p, p + bytes) into L2 (prefetcht1).
-inline void prefetch_l2(const void* p, int64_t bytes) {
-  const char* b = static_cast<const char*>(p);
-  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(b + i, 0, 2);
 }
 
 // How far ahead the by-channel statistics and sums passes prefetch, in runs of the channel (a
