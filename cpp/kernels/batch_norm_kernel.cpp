@@ -884,7 +884,12 @@ void train_forward_by_channel(T* y, T* mean, T* invstd, double* batch_mean, doub
 //    16.6. But runs of 784 bytes (14x14 float32) went 40 % slower by channel on 2 threads,
 //    whether two channels fit in L2 or not (256x256x14x14 forward 8.6 -> 12.2 ms;
 //    64x1024x14x14 and 128x512x14x14 alike); so did groups of 2-11 adjacent channels at a
-//    time (1-8 KiB of runs in order per image): 17-74 % slower on 1 and 2 threads.
+//    time (1-8 KiB of runs in order per image): 17-74 % slower on 1 and 2 threads. Measured
+//    again once the whole-array passes prefetched (kAheadValues): by channel still wins where
+//    this rule takes it (32x64x56x56 float32 backward 4.0 against 4.4 ms, float64 forward 5.5
+//    against 6.6), and 784-byte runs by channel, with runs_ahead at 4 to 32 KiB, still took
+//    about twice as long (256x256x14x14 forward 11.8-12.3 against 6.2 ms, backward 15.2-17.0
+//    against 10.5).
 template <class T>
 bool by_channel(const Shape& sh, int64_t inputs) {
   const int64_t threads = get_num_threads();
