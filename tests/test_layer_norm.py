@@ -290,6 +290,23 @@ def test_output_dtype_follows_input(rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 5000), (2, 70001), (16, 4097), (300, 129)], ids=str)
+def test_parameter_gradients_of_a_zero_gradient_are_positive_zeros(isa, shape, dtype):
+    # dgamma and dbeta are sums from +0: a gradient of -0 everywhere (dy * xhat = -0 for the
+    # positive xhat) must give +0, as float64 partials do; few long rows (the first three
+    # shapes) accumulate straight into dgamma and dbeta.
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal(shape) + 1e4).astype(dtype)
+    dy = np.full(shape, -0.0, dtype=dtype)
+    gamma = rng.standard_normal(shape[-1]).astype(dtype)
+    _, mean, rstd = normkit.layer_norm_forward(x, gamma)
+    _, dgamma, dbeta = normkit.layer_norm_backward(dy, x, mean, rstd, gamma)
+    for grad in (dgamma, dbeta):
+        assert np.array_equal(grad, np.zeros_like(grad))
+        assert not np.signbit(grad).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "shape",
     # (100, 5000): rows in parallel on one thread, rows split by chunk on two
