@@ -323,11 +323,13 @@ def test_float32_statistics_of_2_pow_24_values(axis):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("order", ["sorted", "far_first_rows"])
-@pytest.mark.parametrize("shape", [(1000, 70), (1000, 24, 4)], ids=str)
+@pytest.mark.parametrize("shape", [(1000, 70), (1000, 24, 4), (300, 3, 49), (40, 2, 4099)], ids=str)
 def test_ordered_batch_statistics_stay_exact(isa, shape, order, dtype):
-    # Channels-last and small-spatial tables take each block's shift from its first rows. Here
-    # those rows sit far from the block's mean (sorted columns, or the first 16 rows of every
-    # 256 shifted by 100 std); the statistics must still be exact to the output's rounding.
+    # Channels-last and small-spatial tables take each block's shift from its first rows, runs
+    # of 16 values and more (the last two shapes) one shift per channel, its first value. Here
+    # those values sit far from the mean (sorted along the batch, or the first 16 samples of
+    # every 256 shifted by 100 std), which makes the runs redo such channels around their mean;
+    # the statistics must still be exact to the output's rounding.
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape) + 1e4
     if order == "sorted":

@@ -29,11 +29,15 @@ inline bool shift_too_far(const Moments& m, double shift) {
   return offset * offset * m.count > 4.0 * m.m2;
 }
 
-// Moments of x[0, n) around shift: sums of d = x - shift and d^2 blocked into float64. The
-// mean comes out relative to ref (0: the mean itself; see chunk_moments). With kAhead it also
-// prefetches x `ahead` elements on into L2 (values a later call will read).
+// Sums of d = x - shift and d^2 over x[0, n) (sum_d, sum_d2), blocked into float64. With kAhead
+// it also prefetches x `ahead` elements on into L2 (values a later call will read).
+struct ShiftedSums {
+  double d, d2;
+};
+
 template <class T, bool kAhead = false>
-Moments shifted_moments(const T* x, int64_t n, T shift, T ref, int64_t ahead = 0) {
+[[gnu::always_inline]] inline ShiftedSums shifted_sums(const T* x, int64_t n, T shift,
+                                                       int64_t ahead = 0) {
   using V = Vec<T>;
   const int64_t n_vec = n - n % V::width;
   const V shift_v = V::broadcast(shift);
@@ -60,8 +64,15 @@ Moments shifted_moments(const T* x, int64_t n, T shift, T ref, int64_t ahead = 0
     tail_d += d;
     tail_d2 += d * d;
   }
-  return shifted_moments_of(static_cast<double>(shift) - static_cast<double>(ref),
-                            total_d.total() + tail_d, total_d2.total() + tail_d2,
+  return {total_d.total() + tail_d, total_d2.total() + tail_d2};
+}
+
+// Moments of x[0, n) around shift (shifted_sums); the mean comes out relative to ref (0: the
+// mean itself; see chunk_moments). kAhead, ahead: as in shifted_sums.
+template <class T, bool kAhead = false>
+Moments shifted_moments(const T* x, int64_t n, T shift, T ref, int64_t ahead = 0) {
+  const ShiftedSums sums = shifted_sums<T, kAhead>(x, n, shift, ahead);
+  return shifted_moments_of(static_cast<double>(shift) - static_cast<double>(ref), sums.d, sums.d2,
                             static_cast<double>(n));
 }
 
