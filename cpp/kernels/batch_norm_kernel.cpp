@@ -501,9 +501,14 @@ void apply_impl(T* y, const T* x, const T* mean, const T* scale, const T* shift,
   using V = Vec<T>;
   if (!sh.columns()) {
     parallel_for(sh.n * sh.c, sh.s, [&](int64_t t0, int64_t t1) {
+      // The vector lambdas capture the arrays' pointers by value: a vector store may alias
+      // anything (GCC's vector types are may_alias), and pointers read through this task's
+      // captured references were loaded again for every vector (five per vector in the column
+      // layout's dx). 1024x1024 float32 inference, 1 / 2 threads: 0.233 -> 0.209 / 0.145 ->
+      // 0.113 ms; training forward 0.401 -> 0.368 / 0.263 -> 0.235 (Zen 3, AVX2).
       runs_elementwise<T, kStream, 3>(
           y, sh, t0, t1, {mean, scale, shift},
-          [&](int64_t j, const V(&k)[3]) {
+          [&, x = x](int64_t j, const V(&k)[3]) {
             if constexpr (kStream) __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
             return fmadd(V::load(x + j) - k[0], k[1], k[2]);
           },
@@ -518,7 +523,7 @@ void apply_impl(T* y, const T* x, const T* mean, const T* scale, const T* shift,
       const T* xr = x + r * cols;
       elementwise<T, kStream>(
           y + r * cols, cols,
-          [&](int64_t j) {
+          [&, mean = mean, scale = scale, shift = shift](int64_t j) {  // (by value: see above)
             if constexpr (kStream) __builtin_prefetch(xr + j + kAheadValues<T>, 0, 2);
             return fmadd(V::load(xr + j) - V::load(mean + j), V::load(scale + j),
                          V::load(shift + j));
@@ -562,7 +567,7 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
       if constexpr (kTraining) {
         runs_elementwise<T, kStream, 5>(
             dx, sh, t0, t1, {mean, invstd, k, a, nb},
-            [&](int64_t j, const V(&kv)[5]) {
+            [&, x = x, dy = dy](int64_t j, const V(&kv)[5]) {  // (by value: see apply_impl)
               if constexpr (kStream) {
                 __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
                 __builtin_prefetch(dy + j + kAheadValues<T>, 0, 2);
@@ -577,7 +582,7 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
       } else {
         runs_elementwise<T, kStream, 1>(
             dx, sh, t0, t1, {k},
-            [&](int64_t j, const V(&kv)[1]) {
+            [&, dy = dy](int64_t j, const V(&kv)[1]) {
               if constexpr (kStream) __builtin_prefetch(dy + j + kAheadValues<T>, 0, 2);
               return V::load(dy + j) * kv[0];
             },
@@ -595,7 +600,7 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
         const T* xr = x + r * cols;
         elementwise<T, kStream>(
             dx + r * cols, cols,
-            [&](int64_t j) {
+            [&, mean = mean, invstd = invstd, k = k, a = a, b = b](int64_t j) {  // (by value)
               if constexpr (kStream) {
                 __builtin_prefetch(xr + j + kAheadValues<T>, 0, 2);
                 __builtin_prefetch(dyr + j + kAheadValues<T>, 0, 2);
@@ -611,7 +616,7 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
       } else {
         elementwise<T, kStream>(
             dx + r * cols, cols,
-            [&](int64_t j) {
+            [&, k = k](int64_t j) {
               if constexpr (kStream) __builtin_prefetch(dyr + j + kAheadValues<T>, 0, 2);
               return V::load(dyr + j) * V::load(k + j);
             },
