@@ -151,7 +151,6 @@ void for_channel_units(const Shape& sh, int64_t ch, const F& f) {
 template <class T>
 [[gnu::noinline, gnu::cold]] Moments runs_moments_again(const T* x, const Shape& sh, int64_t ch,
                                                         T ref, const Moments& first, bool too_far) {
-  const double count = first.count;
   Moments m = first;
   if (too_far) {
     const T shift = static_cast<T>(static_cast<double>(ref) + m.mean);
@@ -162,24 +161,14 @@ template <class T>
       sum_d2 += sums.d2;
     });
     m = shifted_moments_of(static_cast<double>(shift) - static_cast<double>(ref), sum_d, sum_d2,
-                           count);
+                           first.count);
   }
   if (!overflowed<T>(m)) return m;
-  // float64 throughout, two passes (as wide_moments)
-  double sum = 0.0;
+  Moments wide{0.0, 0.0, 0.0};  // each unit in float64 (wide_moments), merged in unit order
   for_channel_units(sh, ch, [&](int64_t off, int64_t len) {
-    for (int64_t j = off; j < off + len; ++j)
-      sum += static_cast<double>(x[j]) - static_cast<double>(ref);
+    wide = merge(wide, wide_moments(x + off, len, 1, ref));
   });
-  const double mean = sum / count;
-  double m2 = 0.0;
-  for_channel_units(sh, ch, [&](int64_t off, int64_t len) {
-    for (int64_t j = off; j < off + len; ++j) {
-      const double d = (static_cast<double>(x[j]) - static_cast<double>(ref)) - mean;
-      m2 += d * d;
-    }
-  });
-  return {count, mean, m2};
+  return wide;
 }
 
 // Channel ch's moments (mean relative to ref = x[ch * s]) from its units' sums, unit k's at
