@@ -133,14 +133,15 @@ template <class T, bool kAhead = false>
   p[1] = sums.d2;
 }
 
-// Calls f(off, len) for the units of channel ch (values x[off, off + len)), in unit order.
+// Calls f(i, off, len) for the units of channel ch (values x[off, off + len) of image i), in
+// unit order.
 template <class F>
 void for_channel_units(const Shape& sh, int64_t ch, const F& f) {
   const int64_t per_run = sh.chunks_per_run();
   for (int64_t i = 0; i < sh.n; ++i)
     for (int64_t q = 0; q < per_run; ++q) {
       const int64_t c0 = q * kChunk;
-      f((i * sh.c + ch) * sh.s + c0, sh.s - c0 < kChunk ? sh.s - c0 : kChunk);
+      f(i, (i * sh.c + ch) * sh.s + c0, sh.s - c0 < kChunk ? sh.s - c0 : kChunk);
     }
 }
 
@@ -155,7 +156,7 @@ template <class T>
   if (too_far) {
     const T shift = static_cast<T>(static_cast<double>(ref) + m.mean);
     double sum_d = 0.0, sum_d2 = 0.0;
-    for_channel_units(sh, ch, [&](int64_t off, int64_t len) {
+    for_channel_units(sh, ch, [&](int64_t, int64_t off, int64_t len) {
       const ShiftedSums sums = shifted_sums(x + off, len, shift);
       sum_d += sums.d;
       sum_d2 += sums.d2;
@@ -165,7 +166,7 @@ template <class T>
   }
   if (!overflowed<T>(m)) return m;
   Moments wide{0.0, 0.0, 0.0};  // each unit in float64 (wide_moments), merged in unit order
-  for_channel_units(sh, ch, [&](int64_t off, int64_t len) {
+  for_channel_units(sh, ch, [&](int64_t, int64_t off, int64_t len) {
     wide = merge(wide, wide_moments(x + off, len, 1, ref));
   });
   return wide;
@@ -861,26 +862,23 @@ int64_t runs_ahead(int64_t s) {
 template <class T>
 void train_backward_by_channel(T* dx, double* sum_dy, double* sum_dy_xhat, const T* dy, const T* x,
                                const T* mean, const T* invstd, const T* k, const Shape& sh) {
-  const int64_t n = sh.n, c = sh.c, s = sh.s, per_run = sh.chunks_per_run();
+  const int64_t n = sh.n, c = sh.c, s = sh.s;
   const double count = static_cast<double>(n * s);
   const int64_t ahead = runs_ahead<T>(s);
   parallel_for(c, 3 * n * s, [&](int64_t c0, int64_t c1) {
     for (int64_t ch = c0; ch < c1; ++ch) {
       double s_dy = 0.0, s_dyx = 0.0;
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t q = 0; q < per_run; ++q) {
-          const int64_t off = (i * c + ch) * s + q * kChunk;
-          const int64_t len = s - q * kChunk < kChunk ? s - q * kChunk : kChunk;
-          double part[2];
-          if (ahead > 0)  // (the last runs prefetch their own lines: offset 0)
-            chunk_grad_sums<T, false, true>(part, nullptr, dy + off, x + off, mean[ch], invstd[ch],
-                                            T(0), len, i + ahead < n ? ahead * c * s : 0);
-          else
-            chunk_grad_sums<T, false>(part, nullptr, dy + off, x + off, mean[ch], invstd[ch], T(0),
-                                      len);
-          s_dy += part[0];
-          s_dyx += part[1];
-        }
+      for_channel_units(sh, ch, [&](int64_t i, int64_t off, int64_t len) {
+        double part[2];
+        if (ahead > 0)  // (the last runs prefetch their own lines: offset 0)
+          chunk_grad_sums<T, false, true>(part, nullptr, dy + off, x + off, mean[ch], invstd[ch],
+                                          T(0), len, i + ahead < n ? ahead * c * s : 0);
+        else
+          chunk_grad_sums<T, false>(part, nullptr, dy + off, x + off, mean[ch], invstd[ch], T(0),
+                                    len);
+        s_dy += part[0];
+        s_dyx += part[1];
+      });
       sum_dy[ch] = s_dy;
       sum_dy_xhat[ch] = s_dyx;
       const T a = static_cast<T>(s_dy / count), nb = -static_cast<T>(s_dyx / count);
@@ -912,16 +910,14 @@ void train_forward_by_channel(T* y, T* mean, T* invstd, double* batch_mean, doub
     double* parts = ws.data();  // (n, chunks_per_run, 2) of this channel
     for (int64_t ch = c0; ch < c1; ++ch) {
       const T ref = x[ch * s];  // the channel's first value
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t q = 0; q < per_run; ++q) {
-          const int64_t off = (i * c + ch) * s + q * kChunk;
-          const int64_t len = s - q * kChunk < kChunk ? s - q * kChunk : kChunk;
-          double* part = parts + 2 * (i * per_run + q);
-          if (ahead > 0)  // (the last runs prefetch their own lines: offset 0)
-            store_unit_sums<T, true>(part, x + off, len, ref, i + ahead < n ? ahead * c * s : 0);
-          else
-            store_unit_sums(part, x + off, len, ref);
-        }
+      double* part = parts;
+      for_channel_units(sh, ch, [&](int64_t i, int64_t off, int64_t len) {
+        if (ahead > 0)  // (the last runs prefetch their own lines: offset 0)
+          store_unit_sums<T, true>(part, x + off, len, ref, i + ahead < n ? ahead * c * s : 0);
+        else
+          store_unit_sums(part, x + off, len, ref);
+        part += 2;
+      });
       const Moments m = runs_moments(x, sh, ch, [&](int64_t q) { return parts + 2 * q; });
       batch_mean[ch] = static_cast<double>(ref) + m.mean;
       batch_var[ch] = biased_variance(m);
