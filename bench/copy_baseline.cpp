@@ -16,17 +16,26 @@
 namespace normkit_bench {
 namespace {
 
-// Median seconds of f() over 9 runs on `threads` threads.
+// Median seconds per call of f() over 9 timed batches on `threads` threads. A batch repeats f
+// for at least kMinBatch (one call for arrays from memory; many for small ones, whose single
+// calls took 10-50 us and whose median of 9 moved by a factor of two between runs of the same
+// binary), after one untimed batch that brings the buffers into the caches and wakes the threads.
 template <class F>
 double median_seconds(int threads, const F& f) {
+  using Clock = std::chrono::steady_clock;
+  constexpr double kMinBatch = 2e-3;
   const int before = normkit::get_num_threads();
   normkit::set_num_threads(threads);
+  auto batch = [&](int64_t calls) {
+    const auto t0 = Clock::now();
+    for (int64_t i = 0; i < calls; ++i) f();
+    return std::chrono::duration<double>(Clock::now() - t0).count() / static_cast<double>(calls);
+  };
+  const double first = batch(1);
+  const int64_t calls = first >= kMinBatch ? 1 : static_cast<int64_t>(kMinBatch / first) + 1;
+  batch(calls);
   std::vector<double> times;
-  for (int rep = 0; rep < 9; ++rep) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
+  for (int rep = 0; rep < 9; ++rep) times.push_back(batch(calls));
   normkit::set_num_threads(before);
   std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
   return times[times.size() / 2];
