@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "dispatch.hpp"
-#include "kernels/channel_affine.hpp"
 
 namespace normkit {
 namespace {
@@ -47,17 +46,11 @@ void batch_norm_forward(T* y, T* mean, T* invstd, T* running_mean, T* running_va
     k.batch_norm_train_forward(y, mean, invstd, batch_mean.data(), batch_var.data(), x, gamma, beta,
                                eps, n, c, s);
   } else {
-    std::vector<T> mean_hi(c), scale(c), shift(c);
-    for (int64_t ch = 0; ch < c; ++ch) {
-      const ChannelAffine<T> a =
-          channel_affine(static_cast<double>(running_mean[ch]),
-                         static_cast<double>(running_var[ch]), gamma, beta, ch, eps);
-      mean_hi[ch] = mean[ch] = a.mean_hi;
-      scale[ch] = a.scale;
-      shift[ch] = a.shift;
-      invstd[ch] = a.invstd;
-    }
-    k.batch_norm_apply(y, x, mean_hi.data(), scale.data(), shift.data(), n, c, s);
+    // (mean receives mean_hi, the mean the normalization subtracts)
+    std::vector<T> scale(c), shift(c);
+    k.batch_norm_channel_affines(mean, scale.data(), shift.data(), invstd, running_mean,
+                                 running_var, gamma, beta, c, eps);
+    k.batch_norm_apply(y, x, mean, scale.data(), shift.data(), n, c, s);
   }
 
   if (training && running_mean) {

@@ -91,6 +91,23 @@ def test_eval_uses_running_statistics_and_train_the_batch(rng):
     np.testing.assert_allclose(normkit.batch_norm(x, eps=0.0), y_train, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inference_constants_are_the_correctly_rounded_formula(isa, rng, dtype):
+    # The kernels take a vector of channels' square roots and divisions at a time: every
+    # channel, those of the last partial vector too, gets exactly 1 / sqrt(var + eps) rounded
+    # once in float64, then to dtype (37 channels: a tail for every vector width).
+    c = 37
+    x = rng.standard_normal((3, c)).astype(dtype)
+    rm = rng.standard_normal(c).astype(dtype)
+    rv = rng.uniform(1e-3, 10.0, c).astype(dtype)
+    rv[5] = 0.0
+    _, mean, invstd = normkit.batch_norm_forward(x, rm, rv, eps=1e-5)
+    np.testing.assert_array_equal(mean, rm)
+    np.testing.assert_array_equal(
+        invstd, (1.0 / np.sqrt(rv.astype(np.float64) + 1e-5)).astype(dtype)
+    )
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape, axis", [((4, 3, 5), 1), ((6, 4), -1), ((2, 3, 2, 3), 1)], ids=str)
 def test_backward_matches_finite_differences(isa, rng, shape, axis, training):

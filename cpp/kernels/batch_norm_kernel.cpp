@@ -986,6 +986,41 @@ bool by_channel(const Shape& sh, int64_t inputs) {
          threads >= kMinThreads && sh.c >= 2 * threads;
 }
 
+// channel_affine of channels [0, c) from their mean and variance (S: T for running statistics,
+// double for batch statistics), the square roots and divisions a vector of channels at a time
+// (the same bits). One channel at a time they took about 15 ns each (Zen 3): 12 % of the
+// 1024x1024 float32 inference, and most of a table of thousands of channels and a few rows.
+template <class T, class S>
+void channel_affines(T* mean_hi, T* scale, T* shift, T* invstd, const S* mean, const S* var,
+                     const T* gamma, const T* beta, int64_t c, double eps) {
+  using D = Vec<double>;
+  constexpr int64_t W = D::width;
+  for (int64_t c0 = 0; c0 < c; c0 += W) {
+    const int64_t m = c - c0 < W ? c - c0 : W;
+    double var_eps[W], rstd[W];
+    for (int64_t k = 0; k < W; ++k)  // (lanes past the last channel: 1, not used)
+      var_eps[k] = k < m ? static_cast<double>(var[c0 + k]) + eps : 1.0;
+    // Scalar math: rstd = 1 / sqrt(var + eps)
+    (D::broadcast(1.0) / square_root(D::load(var_eps))).store(rstd);
+    for (int64_t k = 0; k < m; ++k) {
+      const int64_t ch = c0 + k;
+      const ChannelAffine<T> a =
+          channel_affine_of_rstd(static_cast<double>(mean[ch]), rstd[k], gamma, beta, ch);
+      mean_hi[ch] = a.mean_hi;
+      scale[ch] = a.scale;
+      shift[ch] = a.shift;
+      invstd[ch] = a.invstd;
+    }
+  }
+}
+
+template <class T>
+void batch_norm_channel_affines(T* mean_hi, T* scale, T* shift, T* invstd, const T* mean,
+                                const T* var, const T* gamma, const T* beta, int64_t c,
+                                double eps) {
+  channel_affines(mean_hi, scale, shift, invstd, mean, var, gamma, beta, c, eps);
+}
+
 template <class T>
 void batch_norm_train_forward(T* y, T* mean, T* invstd, double* batch_mean, double* batch_var,
                               const T* x, const T* gamma, const T* beta, double eps, int64_t n,
@@ -996,18 +1031,12 @@ void batch_norm_train_forward(T* y, T* mean, T* invstd, double* batch_mean, doub
     return;
   }
   batch_norm_stats(batch_mean, batch_var, x, n, c, s);
-  TaskBuffer<T> buf(3 * c);
-  T* mean_hi = buf.data();
-  T* scale = mean_hi + c;
+  TaskBuffer<T> buf(2 * c);
+  T* scale = buf.data();
   T* shift = scale + c;
-  for (int64_t ch = 0; ch < c; ++ch) {
-    const ChannelAffine<T> a = channel_affine(batch_mean[ch], batch_var[ch], gamma, beta, ch, eps);
-    mean_hi[ch] = mean[ch] = a.mean_hi;
-    scale[ch] = a.scale;
-    shift[ch] = a.shift;
-    invstd[ch] = a.invstd;
-  }
-  batch_norm_apply(y, x, mean_hi, scale, shift, n, c, s);
+  // (mean receives mean_hi, the mean the normalization subtracts)
+  channel_affines(mean, scale, shift, invstd, batch_mean, batch_var, gamma, beta, c, eps);
+  batch_norm_apply(y, x, mean, scale, shift, n, c, s);
 }
 
 template <class T>
@@ -1038,6 +1067,8 @@ void batch_norm_train_backward(T* dx, double* sum_dy, double* sum_dy_xhat, const
 #define NORMKIT_INSTANTIATE(T)                                                                     \
   template void batch_norm_apply<T>(T*, const T*, const T*, const T*, const T*, int64_t, int64_t,  \
                                     int64_t);                                                      \
+  template void batch_norm_channel_affines<T>(T*, T*, T*, T*, const T*, const T*, const T*,        \
+                                              const T*, int64_t, double);                          \
   template void batch_norm_grad_sums<T>(double*, double*, T*, const T*, const T*, const T*,        \
                                         const T*, const T*, int64_t, int64_t, int64_t);            \
   template void batch_norm_backward_apply<T>(T*, const T*, const T*, const T*, const T*, const T*, \

@@ -16,17 +16,24 @@ struct ChannelAffine {
   T mean_hi, scale, shift, invstd;
 };
 
-// Channel ch's constants from its mean and (biased) variance; gamma and beta may be nullptr.
+// Channel ch's constants from its mean and rstd = 1 / sqrt(var + eps); gamma and beta may be
+// nullptr.
 template <class T>
-inline ChannelAffine<T> channel_affine(double mean, double var, const T* gamma, const T* beta,
-                                       int64_t ch, double eps) {
-  const double rstd = 1.0 / std::sqrt(var + eps);
+inline ChannelAffine<T> channel_affine_of_rstd(double mean, double rstd, const T* gamma,
+                                               const T* beta, int64_t ch) {
   const double scale = gamma ? rstd * static_cast<double>(gamma[ch]) : rstd;
   const T mean_hi = static_cast<T>(mean);
   const double beta_d = beta ? static_cast<double>(beta[ch]) : 0.0;
   return {mean_hi, static_cast<T>(scale),
           static_cast<T>(beta_d - (mean - static_cast<double>(mean_hi)) * scale),
           static_cast<T>(rstd)};
+}
+
+// Channel ch's constants from its mean and (biased) variance.
+template <class T>
+inline ChannelAffine<T> channel_affine(double mean, double var, const T* gamma, const T* beta,
+                                       int64_t ch, double eps) {
+  return channel_affine_of_rstd(mean, 1.0 / std::sqrt(var + eps), gamma, beta, ch);
 }
 
 }  // namespace normkit

@@ -32,6 +32,12 @@ using BatchNormBackwardApplyFn = void (*)(T* dx, const T* dy, const T* x, const 
                                           const T* invstd, const T* k, const T* a, const T* b,
                                           int64_t n, int64_t c, int64_t s);
 
+// channel_affines: channel_affine (channel_affine.hpp) of channels [0, c) from their mean and
+// variance (the running statistics): mean_hi, scale, shift and invstd per channel.
+template <class T>
+using BatchNormChannelAffinesFn = void (*)(T* mean_hi, T* scale, T* shift, T* invstd, const T* mean,
+                                           const T* var, const T* gamma, const T* beta, int64_t c,
+                                           double eps);
 // train_forward: the forward with batch statistics: their float64 mean and biased variance,
 // the statistics used (mean_hi and invstd of channel_affine.hpp) and y.
 template <class T>
@@ -51,6 +57,7 @@ struct Kernels {
   LayerNormForwardFn<T> layer_norm_forward;
   LayerNormBackwardFn<T> layer_norm_backward;
   BatchNormApplyFn<T> batch_norm_apply;
+  BatchNormChannelAffinesFn<T> batch_norm_channel_affines;
   BatchNormGradSumsFn<T> batch_norm_grad_sums;
   BatchNormBackwardApplyFn<T> batch_norm_backward_apply;
   BatchNormTrainForwardFn<T> batch_norm_train_forward;

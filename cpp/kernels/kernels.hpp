@@ -26,6 +26,10 @@ void batch_norm_apply(T* y, const T* x, const T* mean, const T* scale, const T* 
                       int64_t c, int64_t s);
 
 template <class T>
+void batch_norm_channel_affines(T* mean_hi, T* scale, T* shift, T* invstd, const T* mean,
+                                const T* var, const T* gamma, const T* beta, int64_t c, double eps);
+
+template <class T>
 void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, const T* x,
                           const T* mean, const T* invstd, const T* k, int64_t n, int64_t c,
                           int64_t s);
