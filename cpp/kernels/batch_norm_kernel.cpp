@@ -431,7 +431,10 @@ void chunk_grad_sums(double* out, T* dx, const T* dy, const T* x, T mean, T invs
 // the next run takes both channels', lane by lane); scalar_fn(j, ch) -> T for single values of
 // channel ch. Both must compute the same value. Only the span's ends are not whole vectors (with
 // kStream the vectors are aligned once, at its start): run by run, short runs (14x14 planes:
-// 196 values) spent as many instructions on their unaligned ends as on their vectors.
+// 196 values) spent as many instructions on their unaligned ends as on their vectors. The
+// vectors within a run go through a loop of their own, which tests only the span's end (a
+// test per vector for the run's end, and GCC's reloads around it, cost a quarter of the
+// 8x512x7x7 float32 inference on one thread: 0.046 -> 0.034 ms, Zen 3, medians of 5).
 template <class T, bool kStream, int K, class VectorFn, class ScalarFn>
 void runs_elementwise(T* out, const Shape& sh, int64_t t0, int64_t t1,
                       const T* const (&per_channel)[K], const VectorFn& vector_fn,
@@ -451,25 +454,28 @@ void runs_elementwise(T* out, const Shape& sh, int64_t t0, int64_t t1,
   V k[K];
   for (int i = 0; i < K; ++i) k[i] = V::broadcast(per_channel[i][ch]);
   int64_t j = begin + head;
-  for (; j + V::width <= end; j += V::width) {
-    V v;
-    if (j + V::width <= run_end) {
-      v = vector_fn(j, k);
-    } else {  // lanes [0, run_end - j) in this run, the rest in the next
-      ch = ch + 1 == sh.c ? 0 : ch + 1;
-      V next[K], both[K];
-      for (int i = 0; i < K; ++i) {
-        next[i] = V::broadcast(per_channel[i][ch]);
-        both[i] = blend_at(k[i], next[i], static_cast<int>(run_end - j));
-        k[i] = next[i];
-      }
-      v = vector_fn(j, both);
-      run_end += s;
-    }
+  auto put = [&](int64_t at, V v) {
     if (stream)
-      v.stream(out + j);
+      v.stream(out + at);
     else
-      v.store(out + j);
+      v.store(out + at);
+  };
+  while (j + V::width <= end) {
+    // The vectors within the current run, then the one that crosses into the next: lanes
+    // [0, run_end - j) of this run's channel, the rest of the next one's.
+    const int64_t stop = run_end < end ? run_end : end;
+    for (; j + V::width <= stop; j += V::width) put(j, vector_fn(j, k));
+    if (j + V::width > end) break;
+    ch = ch + 1 == sh.c ? 0 : ch + 1;
+    V next[K], both[K];
+    for (int i = 0; i < K; ++i) {
+      next[i] = V::broadcast(per_channel[i][ch]);
+      both[i] = blend_at(k[i], next[i], static_cast<int>(run_end - j));
+      k[i] = next[i];
+    }
+    put(j, vector_fn(j, both));
+    j += V::width;
+    run_end += s;
   }
   for (; j < end; ++j) out[j] = scalar_fn(j, j / s % sh.c);
 }
