@@ -82,10 +82,10 @@ template <class T>
 constexpr int64_t kAheadValues = kAheadBytes / int64_t{sizeof(T)};
 
 // The column layout's form of that prefetch, for tables whose tasks take whole rows (at most
-// kColGroup columns: channels-last), so that a thread's rows lie back to back: the first
-// register tile of a task fetches, with each row it reaches, the row about 8 KiB on (`rows`
-// rows), whose other tiles then come from cache too. Channels-last 32x56x56x64, interleaved
-// medians of 3, none -> 8 KiB ahead, 2 threads: training forward float32 4.5 -> 3.7 ms,
+// kColGroup columns: channels-last), so that a thread's rows lie back to back: a task fetches,
+// with each row it reaches (in its first register tile, or along the rows), the row about
+// 8 KiB on (`rows` rows), whose other tiles then come from cache too. Channels-last 32x56x56x64,
+// interleaved medians of 3, none -> 8 KiB ahead, 2 threads: training forward float32 4.5 -> 3.7 ms,
 // float64 9.6 -> 7.9; backward float32 7.4 -> 6.5, float64 19.3 -> 14.7 (16 / 32 / 64 rows
 // of 256 bytes ahead: forward 3.7 / 3.5 / 3.4 ms). 1024x1024 float64 (8 MiB, four tasks per
 // row) ran 10 % slower with it on 2 threads: wider tables take none.
@@ -93,7 +93,7 @@ struct RowsAhead {
   int64_t rows = 0, bytes = 0;  // rows ahead, bytes of each row fetched (0: no prefetch)
 
   template <class T>
-  static RowsAhead of(const Shape& sh, int64_t j0, int64_t j1, bool first_tile) {
+  static RowsAhead of(const Shape& sh, int64_t j0, int64_t j1, bool first_tile = true) {
     if (!first_tile || sh.n_col_groups() > 1 || !stream_output<T>(sh)) return {};
     const int64_t bytes = (j1 - j0) * int64_t{sizeof(T)};
     return {(kAheadBytes + bytes - 1) / bytes, bytes};
@@ -296,50 +296,69 @@ void tile_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
   }
 }
 
-// Sums of dy and dy * xhat for columns [j0, j0 + kChains * W) over rows [r0, r1), with
-// per-column mean and invstd. Scalar math: xhat = (x - mean) * invstd; sums += (dy, dy * xhat)
-// With kDx also dx = k * dy (eval-mode backward, in the same pass). out: 2 doubles per column.
+// Sums of dy and dy * xhat for columns [j0, j1) (whole vectors, at most kColGroup) over rows
+// [r0, r1), with per-column mean and invstd. Scalar math: xhat = (x - mean) * invstd;
+// sums += (dy, dy * xhat). With kDx also dx = k * dy (eval-mode backward, in the same pass).
+// out: 2 doubles per column.
+// In row order: the sums live in arrays (in L1), and each vector of columns takes kSubRows rows
+// at a time, so that x and dy are read along their rows. Register tiles of kChains vectors of
+// columns, running down the block, read 128 bytes of each row, a row apart: three cache lines
+// instead of two where the arrays do not start on a line (NumPy's large arrays start 16 bytes
+// past one), and in tables a power of two wide all in one L1 set. Sums pass alone, Zen 3,
+// AVX2, float32, interleaved medians of 20, tiles -> rows: arrays 16 bytes past a line,
+// 1024x1024 1 / 2 threads 540-560 -> 365-440 / 300-320 -> 215-240 us, 64x1024 1 thread 31 ->
+// 18 us, channels-last 32x56x56x64 2 threads 3.0-4.9 -> 1.7-3.1 ms; aligned arrays,
+// 1024x1024 2 threads 195-212 -> 225-255 us (through Python, whose arrays are not aligned, the
+// whole 1024x1024 backward 0.59 -> 0.51-0.54 ms, 32x56x56x64 6.1 -> 4.4-5.2). Eight rows at a
+// time ran 1.4x slower than two or four on 1024x1024: eight rows of x and dy in one L1 set of
+// 8 ways.
 template <class T, bool kDx>
-void tile_grad_sums(double* out, T* dx, const T* dy, const T* x, const T* mean, const T* invstd,
-                    const T* k, int64_t cols, int64_t j0, int64_t r0, int64_t r1,
+void rows_grad_sums(double* out, T* dx, const T* dy, const T* x, const T* mean, const T* invstd,
+                    const T* k, int64_t cols, int64_t j0, int64_t j1, int64_t r0, int64_t r1,
                     const RowsAhead& ahead) {
   using V = Vec<T>;
-  constexpr int64_t kTile = kChains * V::width;
-  V mean_v[kChains], invstd_v[kChains], k_v[kChains];
-  for (int u = 0; u < kChains; ++u) {
-    mean_v[u] = V::load(mean + j0 + u * V::width);
-    invstd_v[u] = V::load(invstd + j0 + u * V::width);
-    if constexpr (kDx) k_v[u] = V::load(k + j0 + u * V::width);
+  constexpr int64_t W = V::width;
+  constexpr int64_t kSubRows = 2;
+  static_assert(kRowsPerFlush % kSubRows == 0, "a flush ends a group of rows");
+  const int64_t m = j1 - j0;
+  alignas(64) T acc_dy[kColGroup], acc_dyx[kColGroup];       // in T since the last flush
+  alignas(64) double tot_dy[kColGroup], tot_dyx[kColGroup];  // in float64
+  for (int64_t j = 0; j < m; ++j) tot_dy[j] = tot_dyx[j] = 0.0;
+  for (int64_t j = 0; j < m; j += W) {
+    V::broadcast(T(0)).store(acc_dy + j);
+    V::broadcast(T(0)).store(acc_dyx + j);
   }
-  Chains<T> acc_dy = Chains<T>::zero(), acc_dyx = Chains<T>::zero();
-  WideSum<T> tot_dy[kChains], tot_dyx[kChains];
-  for (int u = 0; u < kChains; ++u) tot_dy[u] = tot_dyx[u] = WideSum<T>::zero();
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t off = r * cols + j0;
-    ahead.fetch(x + off, cols * int64_t{sizeof(T)});
-    ahead.fetch(dy + off, cols * int64_t{sizeof(T)});
-    for (int u = 0; u < kChains; ++u) {
-      const V d = V::load(dy + off + u * V::width);
-      const V xhat = (V::load(x + off + u * V::width) - mean_v[u]) * invstd_v[u];
-      if constexpr (kDx) (d * k_v[u]).store(dx + off + u * V::width);
-      acc_dy.acc[u] = acc_dy.acc[u] + d;
-      acc_dyx.acc[u] = fmadd(d, xhat, acc_dyx.acc[u]);
+  for (int64_t ra = r0; ra < r1; ra += kSubRows) {
+    const int64_t rb = ra + kSubRows < r1 ? ra + kSubRows : r1;
+    for (int64_t r = ra; r < rb; ++r) {
+      ahead.fetch(x + r * cols + j0, cols * int64_t{sizeof(T)});
+      ahead.fetch(dy + r * cols + j0, cols * int64_t{sizeof(T)});
     }
-    if (flush_due(r, r0, r1))
-      for (int u = 0; u < kChains; ++u) {
-        tot_dy[u].add(Wide<T>::of(acc_dy.acc[u]));
-        tot_dyx[u].add(Wide<T>::of(acc_dyx.acc[u]));
-        acc_dy.acc[u] = acc_dyx.acc[u] = V::broadcast(T(0));
+    for (int64_t j = 0; j < m; j += W) {
+      const int64_t col = j0 + j;
+      const V mean_v = V::load(mean + col), invstd_v = V::load(invstd + col);
+      V sum_dy = V::load(acc_dy + j), sum_dyx = V::load(acc_dyx + j);
+      for (int64_t r = ra; r < rb; ++r) {
+        const V d = V::load(dy + r * cols + col);
+        const V xhat = (V::load(x + r * cols + col) - mean_v) * invstd_v;
+        if constexpr (kDx) (d * V::load(k + col)).store(dx + r * cols + col);
+        sum_dy = sum_dy + d;
+        sum_dyx = fmadd(d, xhat, sum_dyx);
+      }
+      sum_dy.store(acc_dy + j);
+      sum_dyx.store(acc_dyx + j);
+    }
+    if (flush_due(rb - 1, r0, r1))
+      for (int64_t j = 0; j < m; j += W) {
+        accumulate_wide(tot_dy + j, V::load(acc_dy + j));
+        accumulate_wide(tot_dyx + j, V::load(acc_dyx + j));
+        V::broadcast(T(0)).store(acc_dy + j);
+        V::broadcast(T(0)).store(acc_dyx + j);
       }
   }
-  double s_dy[kTile], s_dyx[kTile];
-  for (int u = 0; u < kChains; ++u) {
-    tot_dy[u].store(s_dy + u * V::width);
-    tot_dyx[u].store(s_dyx + u * V::width);
-  }
-  for (int64_t j = 0; j < kTile; ++j) {
-    out[2 * j] = s_dy[j];
-    out[2 * j + 1] = s_dyx[j];
+  for (int64_t j = 0; j < m; ++j) {
+    out[2 * j] = tot_dy[j];
+    out[2 * j + 1] = tot_dyx[j];
   }
 }
 
@@ -782,16 +801,13 @@ int64_t grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, 
           int64_t r0, r1, j0, j1;
           sh.task(t, r0, r1, j0, j1);
           double* out = parts + 2 * cols * (r0 / kBlockRows);
-          for_tiles<T>(
-              j0, j1,
-              [&](int64_t j) {
-                tile_grad_sums<T, kDx>(out + 2 * j, dx, dy, x, mean_col, invstd_col, k_col, cols, j,
-                                       r0, r1, RowsAhead::of<T>(sh, j0, j1, j == j0));
-              },
-              [&](int64_t j) {
-                column_grad_sums<T, kDx>(out + 2 * j, dx, dy, x, mean_col, invstd_col, k_col, cols,
-                                         j, r0, r1);
-              });
+          const int64_t j_vec = j0 + (j1 - j0) / Vec<T>::width * Vec<T>::width;
+          if (j_vec > j0)
+            rows_grad_sums<T, kDx>(out + 2 * j0, dx, dy, x, mean_col, invstd_col, k_col, cols, j0,
+                                   j_vec, r0, r1, RowsAhead::of<T>(sh, j0, j1));
+          for (int64_t j = j_vec; j < j1; ++j)
+            column_grad_sums<T, kDx>(out + 2 * j, dx, dy, x, mean_col, invstd_col, k_col, cols, j,
+                                     r0, r1);
         }
       });
   parallel_for(c, 2 * blocks * s, [&](int64_t c0, int64_t c1) {
