@@ -25,6 +25,26 @@ def test_matches_reference(isa, shape, axis, dtype, offset):
     check_batch_norm(shape, axis, dtype, mean_offset=offset)
 
 
+# Channels-last tables whose rows hold no whole number of vectors fold several rows into one
+# row of the column table (3 float32 features: 8 rows of 24 values with AVX2); the rows left
+# over after the last whole fold, and tables of fewer rows than a fold, go apart.
+FOLDED = [
+    ((1003, 3), -1),
+    ((5, 3), -1),
+    ((2, 7), -1),
+    ((9, 10), -1),
+    ((67, 100), -1),
+    ((301, 3, 5), 1),
+    ((37, 6, 2, 3), 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, axis", FOLDED, ids=str)
+def test_folded_tables_match_reference(isa, shape, axis, dtype):
+    check_batch_norm(shape, axis, dtype, mean_offset=1e4)
+
+
 @pytest.mark.parametrize("shape, axis", [((6, 5, 17), 1), ((40, 9), -1)], ids=str)
 def test_without_affine(isa, shape, axis):
     check_batch_norm(shape, axis, np.float64, affine=False)
@@ -244,6 +264,7 @@ def test_streamed_arrays_match_reference(isa, layout):
         # the threads the sums pass left spinning
         ((8, 512, 7, 7), 1),
         ((3000, 50), -1),
+        ((70001, 3), -1),  # folded rows, one row of x left over
     ],
     ids=str,
 )

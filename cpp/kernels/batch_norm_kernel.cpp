@@ -7,15 +7,17 @@
 //    are chunks of runs (at most kChunk values); each unit's moments or sums go to a slot, and
 //    each channel combines its slots in order.
 //  - columns (s < kMinRun: channels-last tables with s == 1, or tiny spatial sizes): x is a
-//    (n, c * s) table. Work units are blocks of rows; within a block, register tiles of columns
-//    accumulate down the rows. Block results combine in block order, and a channel's s columns
-//    in column order.
+//    (n, c * s) table, or (n / fold, fold * c * s) where c * s is not a multiple of the vector
+//    width (see folded). Work units are blocks of rows; within a block, register tiles of
+//    columns accumulate down the rows (or the sums go along the rows). Block results combine in
+//    block order, and a channel's columns in column order.
 // Units and blocks are sized from the shape alone: any thread count gives the same bits.
 // Training on large arrays with small channels may instead go a channel at a time per thread
 // (by_channel), adding the same units in the same order.
 
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 
 #include "cpu_features.hpp"
 #include "kernels/channel_affine.hpp"
@@ -38,24 +40,49 @@ static_assert(kRowsPerFlush % kSubRows == 0, "a flush ends a group of rows");
 
 struct Shape {
   int64_t n, c, s;
+  int64_t fold = 1;  // column layout: rows of x per row of the table (see folded)
 
   bool columns() const { return s < kMinRun; }
   // runs layout
   int64_t chunks_per_run() const { return (s + kChunk - 1) / kChunk; }
   int64_t n_units() const { return n * c * chunks_per_run(); }
-  // columns layout
-  int64_t cols() const { return c * s; }
-  int64_t n_blocks() const { return (n + kBlockRows - 1) / kBlockRows; }
+  // columns layout: a table of rows() rows of cols() values (fold rows of x each), then
+  // rest_rows() rows of x
+  int64_t row_values() const { return c * s; }  // of a row of x
+  int64_t cols() const { return c * s * fold; }
+  int64_t rows() const { return n / fold; }
+  int64_t rest_rows() const { return n % fold; }
+  int64_t channel_of(int64_t j) const { return j % row_values() / s; }  // of column j
+  int64_t n_blocks() const { return (rows() + kBlockRows - 1) / kBlockRows; }
   int64_t n_col_groups() const { return (cols() + kColGroup - 1) / kColGroup; }
   // Task t of the column layout: rows [r0, r1), columns [j0, j1).
   void task(int64_t t, int64_t& r0, int64_t& r1, int64_t& j0, int64_t& j1) const {
     const int64_t b = t / n_col_groups(), g = t % n_col_groups();
     r0 = b * kBlockRows;
-    r1 = r0 + kBlockRows < n ? r0 + kBlockRows : n;
+    r1 = r0 + kBlockRows < rows() ? r0 + kBlockRows : rows();
     j0 = g * kColGroup;
     j1 = j0 + kColGroup < cols() ? j0 + kColGroup : cols();
   }
+  // The element-wise passes go over rows() rows of cols() values and, if rest_rows(), one
+  // piece of rest_rows() rows of x after them (the table's columns, cut short).
+  int64_t pieces() const { return rows() + (rest_rows() > 0 ? 1 : 0); }
+  int64_t piece_values(int64_t r) const { return r < rows() ? cols() : rest_rows() * c * s; }
 };
+
+// sh with rows of x folded into the rows of its column table, so that they hold whole
+// vectors: a table of c * s values per row that are not a multiple of the vector width W
+// takes fold = W / gcd(c * s, W) rows of x per row (while that fits a column group). Column j
+// of the folded table holds channel (j mod c * s) / s. Channels-last tables of 3 or 10
+// features spent their passes in scalar code (a row of 3 float32 values holds no vector).
+template <class T>
+Shape folded(Shape sh) {
+  constexpr int64_t W = Vec<T>::width;
+  const int64_t values = sh.c * sh.s;
+  if (!sh.columns() || values % W == 0) return sh;
+  const int64_t fold = W / std::gcd(values, W);
+  if (values * fold <= kColGroup) sh.fold = fold;
+  return sh;
+}
 
 template <class T>
 bool stream_output(const Shape& sh) {
@@ -449,11 +476,10 @@ void column_grad_sums(double* out, T* dx, const T* dy, const T* x, const T* mean
   out[1] = s_dyx;
 }
 
-// Per-channel values expanded to the c * s columns of the column layout.
+// Per-channel values expanded to the columns of the column layout.
 template <class T>
 void expand_to_columns(T* out, const T* per_channel, const Shape& sh) {
-  for (int64_t ch = 0; ch < sh.c; ++ch)
-    for (int64_t k = 0; k < sh.s; ++k) out[ch * sh.s + k] = per_channel[ch];
+  for (int64_t j = 0; j < sh.cols(); ++j) out[j] = per_channel[sh.channel_of(j)];
 }
 
 // Runs layout: sums of dy and dy * xhat over one chunk of a run; with kDx also dx = k * dy.
@@ -590,11 +616,11 @@ void apply_impl(T* y, const T* x, const T* mean, const T* scale, const T* shift,
     return;
   }
   const int64_t cols = sh.cols();
-  parallel_for(sh.n, cols, [&](int64_t r0, int64_t r1) {
+  parallel_for(sh.pieces(), cols, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = x + r * cols;
       elementwise<T, kStream>(
-          y + r * cols, cols,
+          y + r * cols, sh.piece_values(r),
           [&, mean = mean, scale = scale, shift = shift](int64_t j) {  // (by value: see above)
             if constexpr (kStream) __builtin_prefetch(xr + j + kAheadValues<T>, 0, 2);
             return fmadd(V::load(xr + j) - V::load(mean + j), V::load(scale + j),
@@ -665,13 +691,13 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
     return;
   }
   const int64_t cols = sh.cols();
-  parallel_for(sh.n, cols, awake, [&](int64_t r0, int64_t r1) {
+  parallel_for(sh.pieces(), cols, awake, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* dyr = dy + r * cols;
       if constexpr (kTraining) {
         const T* xr = x + r * cols;
         elementwise<T, kStream>(
-            dx + r * cols, cols,
+            dx + r * cols, sh.piece_values(r),
             [&, mean = mean, invstd = invstd, k = k, a = a, b = b](int64_t j) {  // (by value)
               if constexpr (kStream) {
                 __builtin_prefetch(xr + j + kAheadValues<T>, 0, 2);
@@ -687,7 +713,7 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
             });
       } else {
         elementwise<T, kStream>(
-            dx + r * cols, cols,
+            dx + r * cols, sh.piece_values(r),
             [&, k = k](int64_t j) {
               if constexpr (kStream) __builtin_prefetch(dyr + j + kAheadValues<T>, 0, 2);
               return V::load(dyr + j) * V::load(k + j);
@@ -705,9 +731,9 @@ struct ColumnArrays {
   TaskBuffer<T> buf;
   const T* cols[5];
   ColumnArrays(const Shape& sh, const T* const (&per_channel)[5])
-      : buf(sh.columns() && sh.s > 1 ? 5 * sh.cols() : 0) {
+      : buf(expanded(sh) ? 5 * sh.cols() : 0) {
     for (int i = 0; i < 5; ++i) {
-      if (!sh.columns() || sh.s == 1 || per_channel[i] == nullptr) {
+      if (!expanded(sh) || per_channel[i] == nullptr) {
         cols[i] = per_channel[i];
       } else {
         T* out = buf.data() + i * sh.cols();
@@ -716,13 +742,38 @@ struct ColumnArrays {
       }
     }
   }
+  static bool expanded(const Shape& sh) { return sh.columns() && (sh.s > 1 || sh.fold > 1); }
+};
+
+// Where channel 0's parts lie among those of the column layout (slots of `width` doubles:
+// (blocks, cols), then one per column of x for the rest rows), in the order they are combined:
+// block b, fold k, column t of the channel, then the rest rows' columns t. Channel ch's lie
+// width * ch * s further on. (Computed once: divisions per part to find them cost more than
+// the merges, a quarter of the 1024x1024 training forward on 2 threads.)
+class ChannelParts {
+ public:
+  ChannelParts(const Shape& sh, int64_t width)
+      : count_(sh.n_blocks() * sh.fold * sh.s + (sh.rest_rows() > 0 ? sh.s : 0)), offsets_(count_) {
+    int64_t* o = offsets_.data();
+    for (int64_t b = 0; b < sh.n_blocks(); ++b)
+      for (int64_t k = 0; k < sh.fold; ++k)
+        for (int64_t t = 0; t < sh.s; ++t) *o++ = width * (b * sh.cols() + k * sh.row_values() + t);
+    for (int64_t t = 0; sh.rest_rows() > 0 && t < sh.s; ++t)
+      *o++ = width * (sh.n_blocks() * sh.cols() + t);
+  }
+  int64_t count() const { return count_; }
+  int64_t operator[](int64_t q) const { return offsets_.data()[q]; }
+
+ private:
+  int64_t count_;
+  TaskBuffer<int64_t> offsets_;
 };
 
 }  // namespace
 
 template <class T>
 void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t c, int64_t s) {
-  const Shape sh{n, c, s};
+  const Shape sh = folded<T>(Shape{n, c, s});
   if (!sh.columns()) {
     const int64_t per_run = sh.chunks_per_run(), units = sh.n_units();
     Workspace ws(static_cast<std::size_t>(2 * units));
@@ -759,16 +810,19 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
     });
     return;
   }
-  const int64_t cols = sh.cols(), blocks = sh.n_blocks();
+  const int64_t cols = sh.cols(), blocks = sh.n_blocks(), values = sh.row_values();
+  const int64_t rest = sh.rest_rows();
   // Each column's reference (see chunk_moments): its channel's first value, x[ch * s].
-  TaskBuffer<T> ref_buf(s > 1 ? cols : 0);
+  const bool expanded = ColumnArrays<T>::expanded(sh);
+  TaskBuffer<T> ref_buf(expanded ? cols : 0);
   const T* ref = x;
-  if (s > 1) {
-    for (int64_t j = 0; j < cols; ++j) ref_buf.data()[j] = x[j / s * s];
+  if (expanded) {
+    for (int64_t j = 0; j < cols; ++j) ref_buf.data()[j] = x[sh.channel_of(j) * s];
     ref = ref_buf.data();
   }
-  Workspace ws(static_cast<std::size_t>(3 * cols * blocks));
-  double* parts = ws.data();  // (blocks, cols, 3)
+  Workspace ws(static_cast<std::size_t>(3 * cols * blocks + 3 * values));
+  double* parts = ws.data();                       // (blocks, cols, 3)
+  double* rest_parts = parts + 3 * cols * blocks;  // (values, 3): the rest rows, per column of x
   parallel_for(blocks * sh.n_col_groups(), kBlockRows * kColGroup, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       int64_t r0, r1, j0, j1;
@@ -787,11 +841,14 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
       for (j = j_vec; j < j1; ++j) column_moments(out + 3 * j, x, ref[j], cols, j, r0, r1);
     }
   });
-  parallel_for(c, 3 * blocks * s, [&](int64_t c0, int64_t c1) {
+  const T* x_rest = x + sh.rows() * cols;
+  for (int64_t j = 0; rest > 0 && j < values; ++j)
+    column_moments(rest_parts + 3 * j, x_rest, ref[j], values, j, 0, rest);
+  const ChannelParts part(sh, 3);
+  parallel_for(c, 3 * part.count(), [&](int64_t c0, int64_t c1) {
     for (int64_t ch = c0; ch < c1; ++ch) {
-      // part q = (block b, column k of the channel)
-      const Moments m = combine(
-          blocks * s, [&](int64_t q) { return parts + 3 * ((q / s) * cols + ch * s + q % s); });
+      const double* channel = parts + 3 * ch * s;
+      const Moments m = combine(part.count(), [&](int64_t q) { return channel + part[q]; });
       mean[ch] = static_cast<double>(x[ch * s]) + m.mean;
       var[ch] = biased_variance(m);
     }
@@ -801,7 +858,7 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
 template <class T>
 void batch_norm_apply(T* y, const T* x, const T* mean, const T* scale, const T* shift, int64_t n,
                       int64_t c, int64_t s) {
-  const Shape sh{n, c, s};
+  const Shape sh = folded<T>(Shape{n, c, s});
   const ColumnArrays<T> arr(sh, {mean, scale, shift, nullptr, nullptr});
   if (stream_output<T>(sh))
     apply_impl<T, true>(y, x, arr.cols[0], arr.cols[1], arr.cols[2], sh);
@@ -814,7 +871,7 @@ template <class T, bool kDx>
 int64_t grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, const T* x,
                        const T* mean, const T* invstd, const T* k, int64_t n, int64_t c,
                        int64_t s) {
-  const Shape sh{n, c, s};
+  const Shape sh = folded<T>(Shape{n, c, s});
   if (!sh.columns()) {
     const int64_t per_run = sh.chunks_per_run(), units = sh.n_units();
     Workspace ws(static_cast<std::size_t>(2 * units));
@@ -853,9 +910,11 @@ int64_t grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, 
   const T* mean_col = arr.cols[0];
   const T* invstd_col = arr.cols[1];
   const T* k_col = arr.cols[2];
-  const int64_t cols = sh.cols(), blocks = sh.n_blocks();
-  Workspace ws(static_cast<std::size_t>(2 * cols * blocks));
-  double* parts = ws.data();  // (blocks, cols, 2)
+  const int64_t cols = sh.cols(), blocks = sh.n_blocks(), values = sh.row_values();
+  const int64_t rest = sh.rest_rows();
+  Workspace ws(static_cast<std::size_t>(2 * cols * blocks + 2 * values));
+  double* parts = ws.data();                       // (blocks, cols, 2)
+  double* rest_parts = parts + 2 * cols * blocks;  // (values, 2): the rest rows, per column of x
   const int64_t team = parallel_for(
       blocks * sh.n_col_groups(), 2 * kBlockRows * kColGroup, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
@@ -871,15 +930,19 @@ int64_t grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, 
                                      r0, r1);
         }
       });
-  parallel_for(c, 2 * blocks * s, [&](int64_t c0, int64_t c1) {
+  const int64_t off = sh.rows() * cols;  // of the rest rows
+  for (int64_t j = 0; rest > 0 && j < values; ++j)
+    column_grad_sums<T, kDx>(rest_parts + 2 * j, kDx ? dx + off : nullptr, dy + off, x + off,
+                             mean_col, invstd_col, k_col, values, j, 0, rest);
+  const ChannelParts part(sh, 2);
+  parallel_for(c, 2 * part.count(), [&](int64_t c0, int64_t c1) {
     for (int64_t ch = c0; ch < c1; ++ch) {
+      const double* channel = parts + 2 * ch * s;
       double s_dy = 0.0, s_dyx = 0.0;
-      for (int64_t b = 0; b < blocks; ++b)
-        for (int64_t k = 0; k < s; ++k) {
-          const double* p = parts + 2 * (b * cols + ch * s + k);
-          s_dy += p[0];
-          s_dyx += p[1];
-        }
+      for (int64_t q = 0; q < part.count(); ++q) {
+        s_dy += channel[part[q]];
+        s_dyx += channel[part[q] + 1];
+      }
       sum_dy[ch] = s_dy;
       sum_dy_xhat[ch] = s_dyx;
     }
@@ -899,7 +962,8 @@ void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, T* dx, const T* d
 
 template <class T>
 void backward_apply(T* dx, const T* dy, const T* x, const T* mean, const T* invstd, const T* k,
-                    const T* a, const T* b, const Shape& sh, bool awake) {
+                    const T* a, const T* b, const Shape& shape, bool awake) {
+  const Shape sh = folded<T>(shape);
   const bool stream = stream_output<T>(sh);
   const ColumnArrays<T> arr(sh, {mean, invstd, k, a, b});
   const T* const* p = arr.cols;
