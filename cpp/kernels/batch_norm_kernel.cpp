@@ -66,7 +66,7 @@ struct Shape {
   // The element-wise passes go over rows() rows of cols() values and, if rest_rows(), one
   // piece of rest_rows() rows of x after them (the table's columns, cut short).
   int64_t pieces() const { return rows() + (rest_rows() > 0 ? 1 : 0); }
-  int64_t piece_values(int64_t r) const { return r < rows() ? cols() : rest_rows() * c * s; }
+  int64_t piece_values(int64_t r) const { return r < rows() ? cols() : rest_rows() * row_values(); }
 };
 
 // sh with rows of x folded into the rows of its column table, so that they hold whole vectors
@@ -82,8 +82,8 @@ template <class T>
 Shape folded(Shape sh) {
   constexpr int64_t W = Vec<T>::width;
   constexpr int64_t kMinRowValues = 64;
-  const int64_t values = sh.c * sh.s;
   if (!sh.columns()) return sh;
+  const int64_t values = sh.row_values();
   const int64_t whole = W / std::gcd(values, W);
   int64_t fold = whole;
   while (values * fold < kMinRowValues && values * (fold + whole) <= kColGroup) fold += whole;
@@ -332,11 +332,12 @@ void tile_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
   }
 }
 
-// tile_moments for the whole vectors of columns [j0, j1) (at most kColGroup: tables narrower
-// than a register tile) along the rows, kSubRows rows at a time per vector of columns, the
-// per-column sums in arrays in L1: the same operations per column as tile_moments. Channels-
-// last (n, 16) and (n, 24) float32 tables, too narrow for a tile, were summed a column at a
-// time (column_moments), 4x slower than the normalization after it.
+// tile_moments for the whole vectors of columns [j0, j1) left after the last register tile (at
+// most kColGroup) along the rows, kSubRows rows at a time per vector of columns, the
+// per-column sums in arrays in L1: the same operations per column as tile_moments. They were
+// summed a column at a time (column_moments): before rows were folded (see folded), channels-
+// last (n, 16) and (n, 24) float32 tables took 4x longer for their statistics than for the
+// normalization after them.
 template <class T>
 void rows_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j0, int64_t j1,
                   int64_t r0, int64_t r1, const RowsAhead& ahead) {
