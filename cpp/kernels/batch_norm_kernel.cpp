@@ -332,6 +332,20 @@ void tile_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
   }
 }
 
+// The along-the-rows passes (rows_moments, rows_grad_sums) keep two sums per column: in T
+// since the last flush (acc0, acc1) and in float64 (tot0, tot1), over columns [0, m).
+// Scalar math: tot += acc (widened, lane order);  acc = 0
+template <class T>
+void flush_sums(double* tot0, double* tot1, T* acc0, T* acc1, int64_t m) {
+  using V = Vec<T>;
+  for (int64_t j = 0; j < m; j += V::width) {
+    accumulate_wide(tot0 + j, V::load(acc0 + j));
+    accumulate_wide(tot1 + j, V::load(acc1 + j));
+    V::broadcast(T(0)).store(acc0 + j);
+    V::broadcast(T(0)).store(acc1 + j);
+  }
+}
+
 // tile_moments for the whole vectors of columns [j0, j1) left after the last register tile (at
 // most kColGroup) along the rows, kSubRows rows at a time per vector of columns, the
 // per-column sums in arrays in L1: the same operations per column as tile_moments. They were
@@ -381,13 +395,7 @@ void rows_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
       a.store(acc_d + j);
       a2.store(acc_d2 + j);
     }
-    if (flush_due(rb - 1, r0, r1))
-      for (int64_t j = 0; j < m; j += W) {
-        accumulate_wide(sum_d + j, V::load(acc_d + j));
-        accumulate_wide(sum_d2 + j, V::load(acc_d2 + j));
-        V::broadcast(T(0)).store(acc_d + j);
-        V::broadcast(T(0)).store(acc_d2 + j);
-      }
+    if (flush_due(rb - 1, r0, r1)) flush_sums(sum_d, sum_d2, acc_d, acc_d2, m);
   }
   for (int64_t j = 0; j < m; ++j) {
     const double shift_rel = static_cast<double>(shift[j]) - static_cast<double>(ref[j0 + j]);
@@ -449,13 +457,7 @@ void rows_grad_sums(double* out, T* dx, const T* dy, const T* x, const T* mean, 
       sum_dy.store(acc_dy + j);
       sum_dyx.store(acc_dyx + j);
     }
-    if (flush_due(rb - 1, r0, r1))
-      for (int64_t j = 0; j < m; j += W) {
-        accumulate_wide(tot_dy + j, V::load(acc_dy + j));
-        accumulate_wide(tot_dyx + j, V::load(acc_dyx + j));
-        V::broadcast(T(0)).store(acc_dy + j);
-        V::broadcast(T(0)).store(acc_dyx + j);
-      }
+    if (flush_due(rb - 1, r0, r1)) flush_sums(tot_dy, tot_dyx, acc_dy, acc_dyx, m);
   }
   for (int64_t j = 0; j < m; ++j) {
     out[2 * j] = tot_dy[j];
