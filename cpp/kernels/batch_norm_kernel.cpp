@@ -52,7 +52,14 @@ struct Shape {
   int64_t cols() const { return c * s * fold; }
   int64_t rows() const { return n / fold; }
   int64_t rest_rows() const { return n % fold; }
-  int64_t channel_of(int64_t j) const { return j % row_values() / s; }  // of column j
+  // Calls f(j, ch) for each column j of the table and its channel ch, in column order (by
+  // counting, not a division per column).
+  template <class F>
+  void for_columns(const F& f) const {
+    for (int64_t k = 0, j = 0; k < fold; ++k)
+      for (int64_t ch = 0; ch < c; ++ch)
+        for (int64_t t = 0; t < s; ++t) f(j++, ch);
+  }
   int64_t n_blocks() const { return (rows() + kBlockRows - 1) / kBlockRows; }
   int64_t n_col_groups() const { return (cols() + kColGroup - 1) / kColGroup; }
   // Task t of the column layout: rows [r0, r1), columns [j0, j1).
@@ -489,7 +496,7 @@ void column_grad_sums(double* out, T* dx, const T* dy, const T* x, const T* mean
 // Per-channel values expanded to the columns of the column layout.
 template <class T>
 void expand_to_columns(T* out, const T* per_channel, const Shape& sh) {
-  for (int64_t j = 0; j < sh.cols(); ++j) out[j] = per_channel[sh.channel_of(j)];
+  sh.for_columns([&](int64_t j, int64_t ch) { out[j] = per_channel[ch]; });
 }
 
 // Runs layout: sums of dy and dy * xhat over one chunk of a run; with kDx also dx = k * dy.
@@ -827,7 +834,8 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
   TaskBuffer<T> ref_buf(expanded ? cols : 0);
   const T* ref = x;
   if (expanded) {
-    for (int64_t j = 0; j < cols; ++j) ref_buf.data()[j] = x[sh.channel_of(j) * s];
+    T* out = ref_buf.data();
+    sh.for_columns([&](int64_t j, int64_t ch) { out[j] = x[ch * s]; });
     ref = ref_buf.data();
   }
   Workspace ws(static_cast<std::size_t>(3 * cols * blocks + 3 * values));
