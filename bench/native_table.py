@@ -1,5 +1,6 @@
 """Markdown table from ``normkit_bench --benchmark_format=json``: one row per kernel, shape and
-thread count, normkit (one ISA) beside its oneDNN twin when there is one. With repetitions
+thread count, normkit (one ISA) beside its oneDNN twin when there is one; "(inputs +16 B)" rows
+ran on inputs 16 bytes past a cache line, where NumPy's large arrays start. With repetitions
 (``--benchmark_repetitions=N``), every number is the median over them.
 
     normkit_bench --benchmark_format=json > native.json
@@ -28,7 +29,10 @@ def main() -> None:
     for b in benchmarks:
         if repeated and b.get("aggregate_name") != "median":
             continue
-        kernel, dtype, impl, threads, shape = b["name"].split("/")[:5]
+        # kernel/dtype/impl/threads:N/shape[/in+16B]/real_time[_median]
+        parts = b["name"].split("/")
+        kernel, dtype, impl, threads = parts[:4]
+        shape = "/".join(parts[4:-1]).replace("/in+16B", " (inputs +16 B)")
         if dtype != args.dtype or impl not in (isa, "onednn"):
             continue
         rows.setdefault((kernel, shape, threads), {})[impl] = b
