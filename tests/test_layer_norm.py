@@ -13,6 +13,7 @@ from checks import (
     numeric_grad,
     ref_backward,
     ref_forward,
+    sum_scale,
     y_scale,
 )
 
@@ -232,6 +233,32 @@ def test_misaligned_out_of_a_streamed_array(isa, cols, dtype):
     out[...] = x
     normkit.layer_norm(out, gamma, beta, out=out)
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", [1001, 3001])  # rows of no whole number of vectors or lines
+def test_streamed_rows_of_odd_length_give_the_bits_of_a_small_array(isa, cols, dtype):
+    # From the streaming size on, long rows are written in spans that end on the output's cache
+    # lines (wherever the row starts), and the backward of rows that are not whole vectors goes
+    # row by row instead of in groups: per row, the arithmetic of a small array's rows.
+    rng = np.random.default_rng(11)
+    rows = normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + 3
+    x = rng.standard_normal((rows, cols)).astype(dtype)
+    dy = rng.standard_normal((rows, cols)).astype(dtype)
+    gamma, beta = rng.standard_normal(cols).astype(dtype), rng.standard_normal(cols).astype(dtype)
+    y, mean, rstd = normkit.layer_norm_forward(x, gamma, beta)
+    dx, dgamma, dbeta = normkit.layer_norm_backward(dy, x, mean, rstd, gamma)
+    pick = [0, 1, 2, 3, 5, 8, rows // 2, rows - 1]  # rows at each offset into a cache line
+    y_few, mean_few, rstd_few = normkit.layer_norm_forward(x[pick], gamma, beta)
+    np.testing.assert_array_equal(y[pick], y_few)
+    np.testing.assert_array_equal(mean[pick], mean_few)
+    np.testing.assert_array_equal(rstd[pick], rstd_few)
+    dx_few, _, _ = normkit.layer_norm_backward(dy[pick], x[pick], mean_few, rstd_few, gamma)
+    np.testing.assert_array_equal(dx[pick], dx_few)
+    _, dgamma_ref, dbeta_ref = ref_backward(dy, x, mean, rstd, gamma)
+    xhat = (x.astype(np.float64) - mean[:, None]) * rstd[:, None]
+    assert_close(dgamma, dgamma_ref, dtype, "dgamma", sum_scale(np.abs(dy * xhat).sum(0)))
+    assert_close(dbeta, dbeta_ref, dtype, "dbeta", sum_scale(np.abs(dy).sum(0)))
 
 
 def test_out_overlapping_x_partially(rng):

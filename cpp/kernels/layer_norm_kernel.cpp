@@ -540,7 +540,7 @@ RowDx<T> row_dx(const BackwardArgs<T>& a, const Plan& p, int64_t row, const Grad
 // the rows' dgamma/dbeta contributions added to acc_g/acc_b, held in registers down the rows
 // (with AVX-512; AVX2's 16 registers keep part of them in L1).
 // Per column the rows are added in order, as chunk_grad_sums does row by row: the same bits.
-// dx is streamed (kStream) in the rows whose vectors are aligned for it.
+// dx is streamed with kStream (every row of dx then starts on a vector: backward_impl).
 // Scalar math: xhat = (x - mean) * rstd;  dgamma_acc += dy * xhat;  dbeta_acc += dy;
 //              dx = (dy * gamma - mean_g - xhat * mean_gxhat) * rstd
 template <class T, bool kStream, int kN>
@@ -559,7 +559,6 @@ template <class T, bool kStream, int kN>
     const V mean = V::broadcast(rc[r].mean), rstd = V::broadcast(rc[r].rstd);
     const V mean_g = V::broadcast(rc[r].mean_g), neg_mean_gx = V::broadcast(rc[r].neg_mean_gx);
     T* dx = a.dx + off;
-    const bool stream = kStream && reinterpret_cast<std::uintptr_t>(dx) % sizeof(V) == 0;
     for (int u = 0; u < kN; ++u) {
       const int64_t j = u * V::width;
       const V xhat = (V::load(a.x + off + j) - mean) * rstd;
@@ -567,7 +566,7 @@ template <class T, bool kStream, int kN>
       sum_g[u] = fmadd(d, xhat, sum_g[u]);
       sum_b[u] = sum_b[u] + d;
       const V v = fmadd(xhat, neg_mean_gx, d * gamma_v[u] - mean_g) * rstd;
-      if (stream)
+      if constexpr (kStream)
         v.stream(dx + j);
       else
         v.store(dx + j);
@@ -700,10 +699,7 @@ void forward_short_rows_of(T* y, T* mean, T* rstd, const T* x, const T* gamma, c
     gamma = unit.data();
   }
   if (!beta) beta = unit.data() + (gamma == unit.data() ? cols : 0);
-  // Streaming stores need every row aligned: y aligned and rows a whole number of vectors.
-  constexpr int64_t kVecBytes = Vec<T>::width * int64_t{sizeof(T)};
-  const bool aligned_rows =
-      cols % Vec<T>::width == 0 && reinterpret_cast<std::uintptr_t>(y) % kVecBytes == 0;
+  const bool aligned_rows = vector_aligned_rows(y, cols);
   parallel_for(n_groups, kGroup * cols, [&](int64_t g0, int64_t g1) {
     Moments m[kGroup];
     const T* row[kGroup];
@@ -818,8 +814,14 @@ void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* b
           }
           // (the matching row of the next group: see kPrefetchSpan)
           const char* next = reinterpret_cast<const char*>(x + (i + group) * cols);
-          for (int64_t c0 = 0; c0 < cols; c0 += kPrefetchSpan) {
-            const int64_t n = c0 + kPrefetchSpan < cols ? kPrefetchSpan : cols - c0;
+          // Spans end on cache lines of y (the first takes up the row's offset into its line):
+          // one that does not, as in rows whose length is not a whole number of lines, costs
+          // a scalar tail and an ordinarily stored line, and the next span a scalar head
+          // (8192x1001 float32, 2 threads, through Python: 3.3-3.9 -> 2.7-3.4 ms; 8192x1008
+          // 2.5-3.0).
+          for (int64_t c0 = 0, c1 = kPrefetchSpan - line_lead(y + i * cols); c0 < cols;
+               c0 = c1, c1 += kPrefetchSpan) {
+            const int64_t n = (c1 < cols ? c1 : cols) - c0;
             normalize<T, true>(y + i * cols, x + i * cols, gamma, beta, scales[i - g0], c0, n);
             for (int64_t b = 0; b < n * int64_t{sizeof(T)}; b += 64)
               __builtin_prefetch(next + c0 * int64_t{sizeof(T)} + b, 0, 2);  // prefetcht1
@@ -1020,11 +1022,13 @@ void backward_rows(const BackwardArgs<T>& a, const Plan& p, int64_t b0, int64_t 
       // next row's x and dy into L2, for the reason given in forward_impl (the prefetchers idle
       // while the core only streams dx out). float32 from memory, 1 / 2 threads: 4096x4096
       // 15.1 -> 12.5 / 8.3 -> 7.5 ms, 8192x768 4.6 -> 4.3 / 2.4 -> 2.2.
+      // Spans end on cache lines of dx, as forward_impl's do.
       constexpr int64_t kSpan = 1024 / int64_t{sizeof(T)};
       const char* next_x = reinterpret_cast<const char*>(a.x + (i + 1) * cols);
       const char* next_dy = reinterpret_cast<const char*>(a.dy + (i + 1) * cols);
-      for (int64_t c0 = 0; c0 < cols; c0 += kSpan) {
-        const int64_t n = c0 + kSpan < cols ? kSpan : cols - c0;
+      for (int64_t c0 = 0, c1 = kSpan - line_lead(a.dx + i * cols); c0 < cols;
+           c0 = c1, c1 += kSpan) {
+        const int64_t n = (c1 < cols ? c1 : cols) - c0;
         dx_span<T, true>(a, p, i, c0, n, row);
         const int64_t end = (c0 + n) * int64_t{sizeof(T)};
         for (int64_t byte = c0 * int64_t{sizeof(T)}; byte < end; byte += 64) {
@@ -1116,8 +1120,12 @@ void backward_impl(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T*
     parallel_for(p.n_blocks, p.rows_per_block * cols, [&](int64_t b0, int64_t b1) {
       // Grouping pays for itself through the dgamma/dbeta accumulators (without gamma, rows in
       // cache went 1.7x slower grouped); SSE2's 16 registers cannot hold a tile's, and there
-      // rows one by one measured 10-35 % faster. See groups_pay for the rows it suits.
-      if (affine && sizeof(Vec<T>) >= 32 && groups_pay<T>(cols))
+      // rows one by one measured 10-35 % faster. See groups_pay for the rows it suits. A tile
+      // walks the same columns down every row, so it streams dx only if every row of dx starts
+      // on a vector; else the rows go one by one (8192x3001 float32, 2 threads, through
+      // Python: 21-25 -> 16.6-18.5 ms).
+      if (affine && sizeof(Vec<T>) >= 32 && groups_pay<T>(cols) &&
+          (!kStream || vector_aligned_rows(dx, cols)))
         backward_row_groups<T, kStream>(a, p, b0, b1);
       else
         backward_rows<T, kStream>(a, p, b0, b1);

@@ -32,6 +32,12 @@ constexpr int kVectorRegisters = 16;
 // The cache line of the x86-64 CPUs (and most others) the streaming stores write whole.
 constexpr int64_t kCacheLineBytes = 64;
 
+// How many values of T lie between the start of p's cache line and p.
+template <class T>
+inline int64_t line_lead(const T* p) {
+  return static_cast<int64_t>(reinterpret_cast<std::uintptr_t>(p) % kCacheLineBytes / sizeof(T));
+}
+
 #if defined(__AVX512F__)
 
 template <>
@@ -450,6 +456,14 @@ inline decltype(auto) with_chains(int64_t n_vec, const F& f) {
     default:
       return f(std::integral_constant<int, 4>{});
   }
+}
+
+// Whether every row of a row-major array at p with rows of `cols` values starts on a vector
+// (where the vector stores of each row can stream without a scalar head).
+template <class T>
+inline bool vector_aligned_rows(const T* p, int64_t cols) {
+  return cols % Vec<T>::width == 0 &&
+         reinterpret_cast<std::uintptr_t>(p) % (Vec<T>::width * sizeof(T)) == 0;
 }
 
 // out[j] = f(j) for j in [0, n): vector_fn(j) -> Vec<T> for full vectors, scalar_fn(j) -> T
