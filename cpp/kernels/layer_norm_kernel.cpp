@@ -327,13 +327,14 @@ inline Vec<T> grad_step(Vec<T>& xhat, Vec<T>& dgamma_acc, Vec<T>& dbeta_acc, con
   }
 }
 
-// grad_step with the accumulators in memory, at dgamma_acc + j and dbeta_acc + j.
-template <class T, bool kAffine>
+// grad_step with the accumulators in memory, at dgamma_acc + j and dbeta_acc + j; with kSet
+// they are set to what adding to zeros gives (0 + v: a -0 comes out +0), not read.
+template <class T, bool kAffine, bool kSet = false>
 inline Vec<T> grad_step(Vec<T>& xhat, T* dgamma_acc, T* dbeta_acc, const T* dy, const T* x,
                         const T* gamma, Vec<T> mean, Vec<T> rstd, int64_t j) {
   using V = Vec<T>;
   V acc_g = V::broadcast(T(0)), acc_b = acc_g;
-  if constexpr (kAffine) {
+  if constexpr (kAffine && !kSet) {
     acc_g = V::load(dgamma_acc + j);
     acc_b = V::load(dbeta_acc + j);
   }
@@ -347,7 +348,7 @@ inline Vec<T> grad_step(Vec<T>& xhat, T* dgamma_acc, T* dbeta_acc, const T* dy, 
 
 // The same for the columns [j0, n) past the last full vector, one by one, sums in float64
 // (without kAccumulate, the sums only).
-template <class T, bool kAffine, bool kAccumulate = kAffine>
+template <class T, bool kAffine, bool kAccumulate = kAffine, bool kSet = false>
 GradSums tail_grad_sums(T* dgamma_acc, T* dbeta_acc, const T* dy, const T* x, const T* gamma,
                         T mean, T rstd, int64_t j0, int64_t n) {
   double sum_g = 0.0, sum_gx = 0.0;
@@ -357,8 +358,8 @@ GradSums tail_grad_sums(T* dgamma_acc, T* dbeta_acc, const T* dy, const T* x, co
     if constexpr (kAffine) {
       g = dy[j] * gamma[j];
       if constexpr (kAccumulate) {
-        dgamma_acc[j] = fma_scalar(dy[j], xhat, dgamma_acc[j]);
-        dbeta_acc[j] += dy[j];
+        dgamma_acc[j] = fma_scalar(dy[j], xhat, kSet ? T(0) : dgamma_acc[j]);
+        dbeta_acc[j] = (kSet ? T(0) : dbeta_acc[j]) + dy[j];
       }
     }
     sum_g += static_cast<double>(g);
@@ -369,10 +370,11 @@ GradSums tail_grad_sums(T* dgamma_acc, T* dbeta_acc, const T* dy, const T* x, co
 
 // First backward pass over one chunk of a row; with kAffine and kAccumulate also adds this row's
 // dgamma/dbeta contribution to the partial rows dgamma_acc/dbeta_acc (in T, flushed to float64
-// every few rows by flush_param_partials).
+// every few rows by flush_param_partials); with kSet, sets them to the row's contribution
+// (as adding it to zeros would) instead of reading them.
 // Scalar math: xhat = (x - mean) * rstd;  g = dy * gamma;
 //              sums += (g, g * xhat);  dgamma_acc += dy * xhat;  dbeta_acc += dy
-template <class T, bool kAffine, bool kAccumulate = kAffine>
+template <class T, bool kAffine, bool kAccumulate = kAffine, bool kSet = false>
 GradSums chunk_grad_sums(T* dgamma_acc, T* dbeta_acc, const T* dy, const T* x, const T* gamma,
                          T mean, T rstd, int64_t n) {
   using V = Vec<T>;
@@ -387,7 +389,8 @@ GradSums chunk_grad_sums(T* dgamma_acc, T* dbeta_acc, const T* dy, const T* x, c
         [&](int64_t j, int u) {
           V xhat, g;
           if constexpr (kAccumulate) {
-            g = grad_step<T, kAffine>(xhat, dgamma_acc, dbeta_acc, dy, x, gamma, mean_v, rstd_v, j);
+            g = grad_step<T, kAffine, kSet>(xhat, dgamma_acc, dbeta_acc, dy, x, gamma, mean_v,
+                                            rstd_v, j);
           } else {
             V unused_g = V::broadcast(T(0)), unused_b = unused_g;
             g = grad_step<T, kAffine>(xhat, unused_g, unused_b, dy, x, gamma, mean_v, rstd_v, j);
@@ -400,8 +403,8 @@ GradSums chunk_grad_sums(T* dgamma_acc, T* dbeta_acc, const T* dy, const T* x, c
           sum_gx.flush_into(total_gx);
         });
   });
-  const GradSums tail = tail_grad_sums<T, kAffine, kAccumulate>(dgamma_acc, dbeta_acc, dy, x, gamma,
-                                                                mean, rstd, n_vec, n);
+  const GradSums tail = tail_grad_sums<T, kAffine, kAccumulate, kSet>(dgamma_acc, dbeta_acc, dy, x,
+                                                                      gamma, mean, rstd, n_vec, n);
   return {total_g.total() + tail.g, total_gx.total() + tail.g_xhat};
 }
 
@@ -473,12 +476,16 @@ bool first_flush(const Plan& p, int64_t block, int64_t row) {
   return row - p.block_begin(block) < kRowsPerFlush;
 }
 
-// acc_g/acc_b: the task's T accumulators for this chunk's columns.
+// acc_g/acc_b: the task's T accumulators for this chunk's columns; `set`: set them (the first
+// row after they were last flushed) instead of adding to them.
 template <class T>
 GradSums grad_sums(const BackwardArgs<T>& a, const Plan& p, int64_t row, int64_t chunk, T* acc_g,
-                   T* acc_b) {
+                   T* acc_b, bool set = false) {
   const int64_t c0 = p.chunk_begin(chunk), n = p.chunk_size(chunk);
   const int64_t off = row * p.cols + c0;
+  if (a.gamma && set)
+    return chunk_grad_sums<T, true, true, true>(acc_g, acc_b, a.dy + off, a.x + off, a.gamma + c0,
+                                                a.mean[row], a.rstd[row], n);
   if (a.gamma)
     return chunk_grad_sums<T, true>(acc_g, acc_b, a.dy + off, a.x + off, a.gamma + c0, a.mean[row],
                                     a.rstd[row], n);
@@ -1142,11 +1149,9 @@ void backward_impl(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T*
         const int64_t c0 = p.chunk_begin(c), n = p.chunk_size(c);
         T* acc_g = direct ? dgamma + c0 : acc.data();
         T* acc_b = direct ? dbeta + c0 : acc.data() + kChunk;
-        if (direct) {
-          for (int64_t j = 0; j < n; ++j) acc_g[j] = acc_b[j] = T(0);
-        }
         for (int64_t i = p.block_begin(b); i < p.block_end(b); ++i) {
-          const GradSums s = grad_sums(a, p, i, c, acc_g, acc_b);
+          // direct: the block's first row sets dgamma and dbeta (no zeroing pass)
+          const GradSums s = grad_sums(a, p, i, c, acc_g, acc_b, direct && i == p.block_begin(b));
           sums[2 * (i * p.n_chunks + c)] = s.g;
           sums[2 * (i * p.n_chunks + c) + 1] = s.g_xhat;
           if (affine && !direct && flush_due(p, b, i)) {
