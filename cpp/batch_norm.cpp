@@ -3,9 +3,9 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 #include "dispatch.hpp"
+#include "workspace.hpp"
 
 namespace normkit {
 namespace {
@@ -15,6 +15,17 @@ void check_shape(int64_t n, int64_t c, int64_t s) {
     throw std::invalid_argument(
         "batch_norm: expected n >= 0, c >= 1, s >= 1, got n=" + std::to_string(n) +
         ", c=" + std::to_string(c) + ", s=" + std::to_string(s));
+}
+
+// Per-channel arrays come from the calling thread's workspace cache, uninitialised: as vectors,
+// a table of many channels and few rows could pay a fresh allocation (page faults) and a
+// zeroing of each on every call. (2, 65536) float32 from C++, 1 thread: training forward
+// 1.65-2.16 -> 0.92-1.36 ms, backward 0.97-1.35 -> 0.47-0.58 ms (through Python, whose
+// allocator happened to keep those pages mapped, no change).
+// doubles_for: the doubles that hold n values of T.
+template <class T>
+std::size_t doubles_for(int64_t n) {
+  return static_cast<std::size_t>((n * int64_t{sizeof(T)} + 7) / 8);
 }
 
 }  // namespace
@@ -39,18 +50,20 @@ void batch_norm_forward(T* y, T* mean, T* invstd, T* running_mean, T* running_va
         std::to_string(count));
 
   const Kernels<T>& k = active_kernels().of<T>();
-  std::vector<double> batch_mean, batch_var;
+  // batch statistics (mean, var) in training; per-channel scale and shift in inference
+  Workspace ws(batch_stats ? static_cast<std::size_t>(2 * c) : doubles_for<T>(2 * c));
+  double* batch_mean = ws.data();
+  double* batch_var = batch_mean + c;
   if (batch_stats) {
-    batch_mean.resize(c);
-    batch_var.resize(c);
-    k.batch_norm_train_forward(y, mean, invstd, batch_mean.data(), batch_var.data(), x, gamma, beta,
-                               eps, n, c, s);
+    k.batch_norm_train_forward(y, mean, invstd, batch_mean, batch_var, x, gamma, beta, eps, n, c,
+                               s);
   } else {
     // (mean receives mean_hi, the mean the normalization subtracts)
-    std::vector<T> scale(c), shift(c);
-    k.batch_norm_channel_affines(mean, scale.data(), shift.data(), invstd, running_mean,
-                                 running_var, gamma, beta, c, eps);
-    k.batch_norm_apply(y, x, mean, scale.data(), shift.data(), n, c, s);
+    T* scale = reinterpret_cast<T*>(ws.data());
+    T* shift = scale + c;
+    k.batch_norm_channel_affines(mean, scale, shift, invstd, running_mean, running_var, gamma, beta,
+                                 c, eps);
+    k.batch_norm_apply(y, x, mean, scale, shift, n, c, s);
   }
 
   if (training && running_mean) {
@@ -75,23 +88,24 @@ void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
 
   // dx = scale * (dy - a - xhat * b), with a and b from the sums in training; in eval mode
   // dx = scale * dy.
-  std::vector<T> scale(c);
+  // sum_dy, sum_dy_xhat (zeroed: not every path below writes them), then scale
+  Workspace ws(static_cast<std::size_t>(2 * c) + doubles_for<T>(c));
+  double* sum_dy = ws.data();
+  double* sum_dy_xhat = sum_dy + c;
+  T* scale = reinterpret_cast<T*>(sum_dy_xhat + c);
   for (int64_t ch = 0; ch < c; ++ch) {
     const double g = gamma ? static_cast<double>(gamma[ch]) : 1.0;
     scale[ch] = static_cast<T>(g * static_cast<double>(invstd[ch]));
+    sum_dy[ch] = sum_dy_xhat[ch] = 0.0;
   }
-  std::vector<double> sum_dy(c, 0.0), sum_dy_xhat(c, 0.0);
   if (!training) {
     // dx = scale * dy needs no sums: one pass, writing dx while it sums for dgamma and dbeta.
     if (gamma && n > 0)
-      k.batch_norm_grad_sums(sum_dy.data(), sum_dy_xhat.data(), dx, dy, x, mean, invstd,
-                             scale.data(), n, c, s);
+      k.batch_norm_grad_sums(sum_dy, sum_dy_xhat, dx, dy, x, mean, invstd, scale, n, c, s);
     else
-      k.batch_norm_backward_apply(dx, dy, nullptr, mean, invstd, scale.data(), nullptr, nullptr, n,
-                                  c, s);
+      k.batch_norm_backward_apply(dx, dy, nullptr, mean, invstd, scale, nullptr, nullptr, n, c, s);
   } else {
-    k.batch_norm_train_backward(dx, sum_dy.data(), sum_dy_xhat.data(), dy, x, mean, invstd,
-                                scale.data(), n, c, s);
+    k.batch_norm_train_backward(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, scale, n, c, s);
   }
   if (gamma) {
     for (int64_t ch = 0; ch < c; ++ch) {

@@ -6,7 +6,7 @@
 namespace normkit {
 namespace {
 
-constexpr int kCachedLevels = 4;
+constexpr int kCachedLevels = 8;  // nesting levels: the orchestration's, then the kernels'
 
 struct Buffer {
   double* data = nullptr;

@@ -274,6 +274,35 @@ void column_moments(double* out, const T* x, T ref, int64_t cols, int64_t j, int
   store_moments(out, overflowed<T>(m) ? wide_moments(x + r0 * cols + j, r1 - r0, cols, ref) : m);
 }
 
+// q[j] = a[j] / b for j in [0, m), m a whole number of Vec<double>: a vector of divisions at a
+// time (the same bits as one by one).
+inline void divide_each(double* q, const double* a, double b, int64_t m) {
+  using D = Vec<double>;
+  const D b_v = D::broadcast(b);
+  for (int64_t j = 0; j < m; j += D::width) (D::load(a + j) / b_v).store(q + j);
+}
+
+// The moments of the m columns from j0 over rows [r0, r1), given each column's shift and its
+// sums of d = x - shift and d^2 (shifted_moments_of); a column whose shift landed more than 2 std
+// from its mean (outliers up front, sorted data), or whose float32 sums overflowed, is done
+// again by column_moments. m: a whole number of Vec<T>.
+template <class T>
+void store_shifted_moments(double* out, const T* x, const T* ref, const T* shift,
+                           const double* sum_d, const double* sum_d2, int64_t cols, int64_t j0,
+                           int64_t m, int64_t r0, int64_t r1) {
+  const double count = static_cast<double>(r1 - r0);
+  alignas(64) double mean_d[kColGroup];
+  divide_each(mean_d, sum_d, count, m);
+  for (int64_t j = 0; j < m; ++j) {
+    const double shift_rel = static_cast<double>(shift[j]) - static_cast<double>(ref[j0 + j]);
+    const Moments mo = shifted_moments_of_mean(shift_rel, mean_d[j], sum_d[j], sum_d2[j], count);
+    if (shift_too_far(mo, shift_rel) || overflowed<T>(mo))
+      column_moments(out + 3 * j, x, ref[j0 + j], cols, j0 + j, r0, r1);
+    else
+      store_moments(out + 3 * j, mo);
+  }
+}
+
 // Moments of columns [j0, j0 + kChains * W) over rows [r0, r1), in registers, in one pass over
 // the block after a look at its first rows (its rows are a power-of-two stride apart in wide
 // tables, so a second pass would come from L2, not L1). Scalar math per column:
@@ -287,7 +316,6 @@ void tile_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
                   int64_t r1, const RowsAhead& ahead) {
   using V = Vec<T>;
   constexpr int64_t kTile = kChains * V::width;
-  const double count = static_cast<double>(r1 - r0);
   const int64_t first_end = r1 - r0 < kRowsPerFlush ? r1 : r0 + kRowsPerFlush;
 
   // Scalar math: shift = sum(x over the first rows) / their number
@@ -296,15 +324,15 @@ void tile_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
     const T* xr = x + r * cols + j0;
     for (int u = 0; u < kChains; ++u) acc.acc[u] = acc.acc[u] + V::load(xr + u * V::width);
   }
-  double first_sum[kTile];
+  alignas(64) double first_sum[kTile];
   T shift[kTile];
   for (int u = 0; u < kChains; ++u) {
     WideSum<T> w = WideSum<T>::zero();
     w.add(Wide<T>::of(acc.acc[u]));
     w.store(first_sum + u * V::width);
   }
-  for (int64_t j = 0; j < kTile; ++j)
-    shift[j] = static_cast<T>(first_sum[j] / static_cast<double>(first_end - r0));
+  divide_each(first_sum, first_sum, static_cast<double>(first_end - r0), kTile);
+  for (int64_t j = 0; j < kTile; ++j) shift[j] = static_cast<T>(first_sum[j]);
 
   Chains<T> acc_d = Chains<T>::zero(), acc_d2 = Chains<T>::zero();
   WideSum<T> tot_d[kChains], tot_d2[kChains];
@@ -329,14 +357,7 @@ void tile_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
     tot_d[u].store(sd + u * V::width);
     tot_d2[u].store(sd2 + u * V::width);
   }
-  for (int64_t j = 0; j < kTile; ++j) {
-    const double shift_rel = static_cast<double>(shift[j]) - static_cast<double>(ref[j0 + j]);
-    const Moments m = shifted_moments_of(shift_rel, sd[j], sd2[j], count);
-    if (shift_too_far(m, shift_rel) || overflowed<T>(m))
-      column_moments(out + 3 * j, x, ref[j0 + j], cols, j0 + j, r0, r1);
-    else
-      store_moments(out + 3 * j, m);
-  }
+  store_shifted_moments(out, x, ref, shift, sd, sd2, cols, j0, kTile, r0, r1);
 }
 
 // The along-the-rows passes (rows_moments, rows_grad_sums) keep two sums per column: in T
@@ -365,7 +386,6 @@ void rows_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
   using V = Vec<T>;
   constexpr int64_t W = V::width;
   const int64_t m = j1 - j0;
-  const double count = static_cast<double>(r1 - r0);
   const int64_t first_end = r1 - r0 < kRowsPerFlush ? r1 : r0 + kRowsPerFlush;
   alignas(64) T shift[kColGroup], acc_d[kColGroup], acc_d2[kColGroup];  // in T since the flush
   alignas(64) double sum_d[kColGroup], sum_d2[kColGroup];               // in float64
@@ -378,8 +398,9 @@ void rows_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
       (V::load(acc_d + j) + V::load(xb + r * cols + j)).store(acc_d + j);
   for (int64_t j = 0; j < m; ++j) sum_d[j] = sum_d2[j] = 0.0;
   for (int64_t j = 0; j < m; j += W) accumulate_wide(sum_d + j, V::load(acc_d + j));
+  divide_each(sum_d, sum_d, static_cast<double>(first_end - r0), m);
   for (int64_t j = 0; j < m; ++j) {
-    shift[j] = static_cast<T>(sum_d[j] / static_cast<double>(first_end - r0));
+    shift[j] = static_cast<T>(sum_d[j]);
     sum_d[j] = 0.0;
   }
 
@@ -404,14 +425,7 @@ void rows_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
     }
     if (flush_due(rb - 1, r0, r1)) flush_sums(sum_d, sum_d2, acc_d, acc_d2, m);
   }
-  for (int64_t j = 0; j < m; ++j) {
-    const double shift_rel = static_cast<double>(shift[j]) - static_cast<double>(ref[j0 + j]);
-    const Moments mo = shifted_moments_of(shift_rel, sum_d[j], sum_d2[j], count);
-    if (shift_too_far(mo, shift_rel) || overflowed<T>(mo))
-      column_moments(out + 3 * j, x, ref[j0 + j], cols, j0 + j, r0, r1);
-    else
-      store_moments(out + 3 * j, mo);
-  }
+  store_shifted_moments(out, x, ref, shift, sum_d, sum_d2, cols, j0, m, r0, r1);
 }
 
 // Sums of dy and dy * xhat for columns [j0, j1) (whole vectors, at most kColGroup) over rows
