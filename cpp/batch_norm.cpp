@@ -88,7 +88,7 @@ void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
 
   // dx = scale * (dy - a - xhat * b), with a and b from the sums in training; in eval mode
   // dx = scale * dy.
-  // sum_dy, sum_dy_xhat (zeroed: not every path below writes them), then scale
+  // sum_dy, sum_dy_xhat, then scale
   Workspace ws(static_cast<std::size_t>(2 * c) + doubles_for<T>(c));
   double* sum_dy = ws.data();
   double* sum_dy_xhat = sum_dy + c;
@@ -96,14 +96,15 @@ void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
   for (int64_t ch = 0; ch < c; ++ch) {
     const double g = gamma ? static_cast<double>(gamma[ch]) : 1.0;
     scale[ch] = static_cast<T>(g * static_cast<double>(invstd[ch]));
-    sum_dy[ch] = sum_dy_xhat[ch] = 0.0;
   }
   if (!training) {
     // dx = scale * dy needs no sums: one pass, writing dx while it sums for dgamma and dbeta.
     if (gamma && n > 0)
       k.batch_norm_grad_sums(sum_dy, sum_dy_xhat, dx, dy, x, mean, invstd, scale, n, c, s);
-    else
+    else {
       k.batch_norm_backward_apply(dx, dy, nullptr, mean, invstd, scale, nullptr, nullptr, n, c, s);
+      for (int64_t ch = 0; ch < c; ++ch) sum_dy[ch] = sum_dy_xhat[ch] = 0.0;  // (no values)
+    }
   } else {
     k.batch_norm_train_backward(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, scale, n, c, s);
   }

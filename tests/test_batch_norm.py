@@ -586,6 +586,23 @@ def test_nan_stays_in_its_channel(rng):
     assert np.isfinite(y[:, [0, 2]]).all()
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_empty_batch_backward_gives_zero_parameter_gradients(training):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    gamma = np.ones(5, np.float32)
+    _, mean, invstd = normkit.batch_norm_forward(x, training=True, axis=-1)
+    # a call with sums first, so that scratch memory reused by the next call holds nonzeros
+    normkit.batch_norm_backward(x, x, mean, invstd, gamma, training=training, axis=-1)
+    empty = np.empty((0, 5), np.float32)
+    dx, dgamma, dbeta = normkit.batch_norm_backward(
+        empty, empty, mean, invstd, gamma, training=training, axis=-1
+    )
+    assert dx.shape == (0, 5)
+    np.testing.assert_array_equal(dgamma, np.zeros(5))
+    np.testing.assert_array_equal(dbeta, np.zeros(5))
+
+
 def test_zero_batch_in_inference():
     x = np.empty((0, 3), np.float32)
     y = normkit.batch_norm(x, np.zeros(3, np.float32), np.ones(3, np.float32))

@@ -1225,7 +1225,7 @@ void batch_norm_train_forward(T* y, T* mean, T* invstd, double* batch_mean, doub
     return;
   }
   batch_norm_stats(batch_mean, batch_var, x, n, c, s);
-  TaskBuffer<T> buf(2 * c);
+  TaskBuffer<T> buf(2 * c, Uninitialised{});
   T* scale = buf.data();
   T* shift = scale + c;
   // (mean receives mean_hi, the mean the normalization subtracts)
@@ -1238,8 +1238,10 @@ void batch_norm_train_backward(T* dx, double* sum_dy, double* sum_dy_xhat, const
                                const T* mean, const T* invstd, const T* k, int64_t n, int64_t c,
                                int64_t s) {
   const Shape sh{n, c, s};
-  for (int64_t ch = 0; ch < c; ++ch) sum_dy[ch] = sum_dy_xhat[ch] = 0.0;
-  if (n == 0) return;
+  if (n == 0) {
+    for (int64_t ch = 0; ch < c; ++ch) sum_dy[ch] = sum_dy_xhat[ch] = 0.0;
+    return;
+  }
   if (by_channel<T>(sh, 2)) {
     train_backward_by_channel(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, k, sh);
     return;
@@ -1247,10 +1249,24 @@ void batch_norm_train_backward(T* dx, double* sum_dy, double* sum_dy_xhat, const
   const int64_t team =
       grad_sums_impl<T, false>(sum_dy, sum_dy_xhat, nullptr, dy, x, mean, invstd, nullptr, n, c, s);
   const double count = static_cast<double>(n * s);
-  TaskBuffer<T> ab(2 * c);
+  TaskBuffer<T> ab(2 * c, Uninitialised{});
   T* a = ab.data();
   T* b = a + c;
-  for (int64_t ch = 0; ch < c; ++ch) {
+  // Scalar math: a = sum_dy / count;  b = sum_dy_xhat / count   (a vector of channels at a time)
+  using D = Vec<double>;
+  constexpr int64_t W = D::width;
+  const D count_v = D::broadcast(count);
+  int64_t ch = 0;
+  for (; ch + W <= c; ch += W) {
+    alignas(64) double a_d[W], b_d[W];
+    (D::load(sum_dy + ch) / count_v).store(a_d);
+    (D::load(sum_dy_xhat + ch) / count_v).store(b_d);
+    for (int64_t k = 0; k < W; ++k) {
+      a[ch + k] = static_cast<T>(a_d[k]);
+      b[ch + k] = static_cast<T>(b_d[k]);
+    }
+  }
+  for (; ch < c; ++ch) {
     a[ch] = static_cast<T>(sum_dy[ch] / count);
     b[ch] = static_cast<T>(sum_dy_xhat[ch] / count);
   }

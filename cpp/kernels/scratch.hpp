@@ -10,13 +10,18 @@
 namespace normkit {
 namespace NORMKIT_CPU_NS {
 
-// A zeroed scratch array of n values of T, from the calling thread's workspace cache.
+// Tag for a TaskBuffer its owner fills entirely before reading it.
+struct Uninitialised {};
+
+// A zeroed scratch array of n values of T, from the calling thread's workspace cache (left as
+// it is with Uninitialised{}: a pass of its own over per-channel arrays of many channels).
 template <class T>
 class TaskBuffer {
  public:
-  explicit TaskBuffer(int64_t n)
+  TaskBuffer(int64_t n, Uninitialised)
       : ws_(static_cast<std::size_t>((n * int64_t{sizeof(T)} + 7) / 8)),
-        data_(reinterpret_cast<T*>(ws_.data())) {
+        data_(reinterpret_cast<T*>(ws_.data())) {}
+  explicit TaskBuffer(int64_t n) : TaskBuffer(n, Uninitialised{}) {
     for (int64_t j = 0; j < n; ++j) data_[j] = T(0);
   }
   // (Held here: Workspace::data() is out of line, and a call per value zeroed cost more than
