@@ -238,6 +238,32 @@ def test_misaligned_out_of_a_streamed_array(isa, layout, training):
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", [64, 100])  # rows of whole cache lines, and not
+def test_streamed_channels_last_inputs_off_a_cache_line_give_the_same_bits(isa, cols, dtype):
+    # From memory, the statistics of inputs whose rows do not cover whole cache lines go along
+    # the rows instead of down them in register tiles: the same operations per column.
+    rng = np.random.default_rng(12)
+    rows = normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + 5
+    buffer = np.empty(rows * cols + 16, dtype)
+    start = -buffer.ctypes.data % 64 // buffer.itemsize  # first value on a cache line
+    aligned = buffer[start : start + rows * cols].reshape(rows, cols)
+    aligned[...] = rng.standard_normal((rows, cols)) * 3 + 1e4
+    off = np.empty(rows * cols + 16, dtype)
+    skew = (-off.ctypes.data % 64 + 16) // off.itemsize  # 16 bytes past a cache line
+    shifted = off[skew : skew + rows * cols].reshape(rows, cols)
+    shifted[...] = aligned
+    assert aligned.ctypes.data % 64 == 0 and shifted.ctypes.data % 64 == 16
+    for x in (aligned, shifted):
+        y, mean, invstd = normkit.batch_norm_forward(x, training=True, axis=-1)
+        if x is aligned:
+            expected = (y, mean, invstd)
+        else:
+            for got, want in zip((y, mean, invstd), expected):
+                np.testing.assert_array_equal(got, want)
+    check_batch_norm((rows, cols), -1, dtype, mean_offset=1e4)
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_streamed_arrays_match_reference(isa, layout):
     # From the streaming size on, the whole-array passes prefetch their inputs ahead (NCHW-like
