@@ -860,7 +860,7 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
   // or rows not a whole number of lines): a 128-byte segment then spans three lines instead of
   // two, and those columns go along the rows instead (the same operations per column, the same
   // bits). Channels-last 32x56x56x64 float32 from inputs 16 bytes past a line, training
-  // forward, 1 / 2 threads: 6.4-6.7 -> 4.6-5.0 / 3.0-3.1 -> 2.5-2.8 ms. In cache the tiles'
+  // forward, 1 / 2 threads: 6.4-8.5 -> 4.6-5.9 / 3.0-3.8 -> 2.5-3.0 ms. In cache the tiles'
   // registers win (1024x1024 at 16 bytes past a line along the rows: 0.23 -> 0.27-0.30 ms).
   constexpr int64_t kTile = kChains * Vec<T>::width;
   const bool tiles =
