@@ -249,6 +249,7 @@ void register_layer_norm(LayerNormShape sh, bool backward, int threads) {
 
 void register_batch_norm(BatchNormShape sh, BatchNormPass pass, int threads) {
   const char* kernel = pass_name(pass);
+  const std::size_t skew = kNumPySkewBytes / sizeof(float);
   for (normkit::Isa isa : normkit::available_isas()) {
     configure(benchmark::RegisterBenchmark(
         name(kernel, "f32", normkit::isa_name(isa), threads, sh.label).c_str(),
@@ -260,9 +261,7 @@ void register_batch_norm(BatchNormShape sh, BatchNormPass pass, int threads) {
   const normkit::Isa best = normkit::available_isas().back();
   configure(benchmark::RegisterBenchmark(
       name(kernel, "f32", normkit::isa_name(best), threads, sh.label + kSkewLabel).c_str(),
-      [=](benchmark::State& s) {
-        batch_norm<float>(s, best, threads, sh, pass, kNumPySkewBytes / sizeof(float));
-      }));
+      [=](benchmark::State& s) { batch_norm<float>(s, best, threads, sh, pass, skew); }));
 #ifdef NORMKIT_BENCH_ONEDNN
   namespace peer = normkit_bench::onednn;
   const double n = double(sh.n * sh.c * sh.s);

@@ -374,9 +374,10 @@ void flush_sums(double* tot0, double* tot1, T* acc0, T* acc1, int64_t m) {
   }
 }
 
-// tile_moments for the whole vectors of columns [j0, j1) left after the last register tile (at
-// most kColGroup) along the rows, kSubRows rows at a time per vector of columns, the
-// per-column sums in arrays in L1: the same operations per column as tile_moments. They were
+// tile_moments for the whole vectors of columns [j0, j1) (at most kColGroup: those left after
+// the last register tile, or all of them where batch_norm_stats takes no tiles) along the rows,
+// kSubRows rows at a time per vector of columns, the per-column sums in arrays in L1: the same
+// operations per column as tile_moments. The columns narrower than a tile were
 // summed a column at a time (column_moments): before rows were folded (see folded), channels-
 // last (n, 16) and (n, 24) float32 tables took 4x longer for their statistics than for the
 // normalization after them.
@@ -871,8 +872,8 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
       int64_t r0, r1, j0, j1;
       sh.task(t, r0, r1, j0, j1);
       double* out = parts + 3 * cols * (r0 / kBlockRows);
-      // Whole register tiles, then the whole vectors left (tables narrower than a tile) along
-      // the rows, then single columns.
+      // Whole register tiles (where `tiles`), then the whole vectors left along the rows (all
+      // of them without tiles; else those of tables narrower than a tile), then single columns.
       int64_t j = j0;
       for (; tiles && j + kTile <= j1; j += kTile)
         tile_moments(out + 3 * j, x, ref, cols, j, r0, r1, RowsAhead::of<T>(sh, j0, j1, j == j0));
