@@ -36,6 +36,7 @@ constexpr int64_t kBlockRows = 256;    // column layout: a task takes kBlockRows
 constexpr int64_t kColGroup = 256;     // ... of kColGroup columns (a multiple of every tile width)
 constexpr int64_t kRowsPerFlush = 16;  // rows summed in T before float64 (columns)
 constexpr int64_t kSubRows = 2;        // rows per vector of columns, along the rows (columns)
+constexpr int64_t kValuesPerChannel = 16;  // a channel's constants cost about 16 values of a pass
 static_assert(kRowsPerFlush % kSubRows == 0, "a flush ends a group of rows");
 
 struct Shape {
@@ -624,6 +625,20 @@ void apply_run(T* y, const T* x, T mean, T scale, T shift, int64_t n) {
       [&](int64_t j) { return fma_scalar(x[j] - mean, scale, shift); });
 }
 
+// y = (x - mean) * scale + shift over n values of a row of the column layout, the arrays given
+// per column; kAhead: x prefetched kAheadValues on.
+template <class T, bool kStream, bool kAhead = kStream>
+void apply_columns(T* y, const T* x, const T* mean, const T* scale, const T* shift, int64_t n) {
+  using V = Vec<T>;
+  elementwise<T, kStream>(
+      y, n,
+      [=](int64_t j) {  // (pointers by value: see apply_impl)
+        if constexpr (kAhead) __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
+        return fmadd(V::load(x + j) - V::load(mean + j), V::load(scale + j), V::load(shift + j));
+      },
+      [=](int64_t j) { return fma_scalar(x[j] - mean[j], scale[j], shift[j]); });
+}
+
 // Scalar math: y = (x - mean) * scale + shift, per channel (runs) or per column (columns: the
 // arrays are given per column).
 template <class T, bool kStream>
@@ -649,17 +664,8 @@ void apply_impl(T* y, const T* x, const T* mean, const T* scale, const T* shift,
   }
   const int64_t cols = sh.cols();
   parallel_for(sh.pieces(), cols, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* xr = x + r * cols;
-      elementwise<T, kStream>(
-          y + r * cols, sh.piece_values(r),
-          [&, mean = mean, scale = scale, shift = shift](int64_t j) {  // (by value: see above)
-            if constexpr (kStream) __builtin_prefetch(xr + j + kAheadValues<T>, 0, 2);
-            return fmadd(V::load(xr + j) - V::load(mean + j), V::load(scale + j),
-                         V::load(shift + j));
-          },
-          [&](int64_t j) { return fma_scalar(xr[j] - mean[j], scale[j], shift[j]); });
-    }
+    for (int64_t r = r0; r < r1; ++r)
+      apply_columns<T, kStream>(y + r * cols, x + r * cols, mean, scale, shift, sh.piece_values(r));
     if constexpr (kStream) stream_fence();
   });
 }
@@ -679,6 +685,29 @@ void train_dx_run(T* dx, const T* dy, const T* x, T mean, T invstd, T k, T a, T 
       [&](int64_t j) {
         const T xhat = (x[j] - mean) * invstd;
         return fma_scalar(xhat, nb, dy[j] - a) * k;
+      });
+}
+
+// Training: dx = k * (dy - a - xhat * b), xhat = (x - mean) * invstd, over n values of a row of
+// the column layout, the arrays given per column; kAhead: x and dy prefetched kAheadValues on.
+template <class T, bool kStream, bool kAhead = kStream>
+void train_dx_columns(T* dx, const T* dy, const T* x, const T* mean, const T* invstd, const T* k,
+                      const T* a, const T* b, int64_t n) {
+  using V = Vec<T>;
+  elementwise<T, kStream>(
+      dx, n,
+      [=](int64_t j) {  // (pointers by value: see apply_impl)
+        if constexpr (kAhead) {
+          __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
+          __builtin_prefetch(dy + j + kAheadValues<T>, 0, 2);
+        }
+        const V xhat = (V::load(x + j) - V::load(mean + j)) * V::load(invstd + j);
+        const V neg_b = V::broadcast(T(0)) - V::load(b + j);
+        return fmadd(xhat, neg_b, V::load(dy + j) - V::load(a + j)) * V::load(k + j);
+      },
+      [=](int64_t j) {
+        const T xhat = (x[j] - mean[j]) * invstd[j];
+        return fma_scalar(xhat, -b[j], dy[j] - a[j]) * k[j];
       });
 }
 
@@ -727,22 +756,8 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
     for (int64_t r = r0; r < r1; ++r) {
       const T* dyr = dy + r * cols;
       if constexpr (kTraining) {
-        const T* xr = x + r * cols;
-        elementwise<T, kStream>(
-            dx + r * cols, sh.piece_values(r),
-            [&, mean = mean, invstd = invstd, k = k, a = a, b = b](int64_t j) {  // (by value)
-              if constexpr (kStream) {
-                __builtin_prefetch(xr + j + kAheadValues<T>, 0, 2);
-                __builtin_prefetch(dyr + j + kAheadValues<T>, 0, 2);
-              }
-              const V xhat = (V::load(xr + j) - V::load(mean + j)) * V::load(invstd + j);
-              const V neg_b = V::broadcast(T(0)) - V::load(b + j);
-              return fmadd(xhat, neg_b, V::load(dyr + j) - V::load(a + j)) * V::load(k + j);
-            },
-            [&](int64_t j) {
-              const T xhat = (xr[j] - mean[j]) * invstd[j];
-              return fma_scalar(xhat, -b[j], dyr[j] - a[j]) * k[j];
-            });
+        train_dx_columns<T, kStream>(dx + r * cols, dyr, x + r * cols, mean, invstd, k, a, b,
+                                     sh.piece_values(r));
       } else {
         elementwise<T, kStream>(
             dx + r * cols, sh.piece_values(r),
@@ -801,6 +816,40 @@ class ChannelParts {
   TaskBuffer<int64_t> offsets_;
 };
 
+// Whether the column statistics take register tiles down the rows: all but arrays from memory
+// whose tiles' row segments do not cover whole cache lines (x off a line, as NumPy's large
+// arrays start 16 bytes past one, or rows not a whole number of lines): a 128-byte segment then
+// spans three lines instead of two, and those columns go along the rows instead (the same
+// operations per column, the same bits). Channels-last 32x56x56x64 float32 from inputs 16 bytes
+// past a line, training forward, 1 / 2 threads: 6.4-8.5 -> 4.6-5.9 / 3.0-3.8 -> 2.5-3.0 ms. In
+// cache the tiles' registers win (1024x1024 at 16 bytes past a line along the rows: 0.23 ->
+// 0.27-0.30 ms).
+template <class T>
+bool moment_tiles(const Shape& sh, const T* x) {
+  return !stream_output<T>(sh) || (reinterpret_cast<std::uintptr_t>(x) % kCacheLineBytes == 0 &&
+                                   sh.cols() * int64_t{sizeof(T)} % kCacheLineBytes == 0);
+}
+
+// The moments of a column-layout task, columns [j0, j1) over rows [r0, r1), column j's at
+// out + 3 * (j - j0): whole register tiles (where `tiles`), then the whole vectors left along
+// the rows (all of them without tiles; else those of tables narrower than a tile), then single
+// columns.
+template <class T>
+void task_moments(double* out, const T* x, const T* ref, const Shape& sh, bool tiles, int64_t r0,
+                  int64_t r1, int64_t j0, int64_t j1) {
+  constexpr int64_t kTile = kChains * Vec<T>::width;
+  const int64_t cols = sh.cols();
+  int64_t j = j0;
+  for (; tiles && j + kTile <= j1; j += kTile)
+    tile_moments(out + 3 * (j - j0), x, ref, cols, j, r0, r1,
+                 RowsAhead::of<T>(sh, j0, j1, j == j0));
+  const int64_t j_vec = j + (j1 - j) / Vec<T>::width * Vec<T>::width;
+  if (j_vec > j)
+    rows_moments(out + 3 * (j - j0), x, ref, cols, j, j_vec, r0, r1,
+                 RowsAhead::of<T>(sh, j0, j1, j == j0));
+  for (j = j_vec; j < j1; ++j) column_moments(out + 3 * (j - j0), x, ref[j], cols, j, r0, r1);
+}
+
 }  // namespace
 
 template <class T>
@@ -856,32 +905,12 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
   Workspace ws(static_cast<std::size_t>(3 * cols * blocks + 3 * values));
   double* parts = ws.data();                       // (blocks, cols, 3)
   double* rest_parts = parts + 3 * cols * blocks;  // (values, 3): the rest rows, per column of x
-  // Register tiles down the rows, except for arrays from memory whose tiles' row segments do
-  // not cover whole cache lines (x off a line, as NumPy's large arrays start 16 bytes past one,
-  // or rows not a whole number of lines): a 128-byte segment then spans three lines instead of
-  // two, and those columns go along the rows instead (the same operations per column, the same
-  // bits). Channels-last 32x56x56x64 float32 from inputs 16 bytes past a line, training
-  // forward, 1 / 2 threads: 6.4-8.5 -> 4.6-5.9 / 3.0-3.8 -> 2.5-3.0 ms. In cache the tiles'
-  // registers win (1024x1024 at 16 bytes past a line along the rows: 0.23 -> 0.27-0.30 ms).
-  constexpr int64_t kTile = kChains * Vec<T>::width;
-  const bool tiles =
-      !stream_output<T>(sh) || (reinterpret_cast<std::uintptr_t>(x) % kCacheLineBytes == 0 &&
-                                cols * int64_t{sizeof(T)} % kCacheLineBytes == 0);
+  const bool tiles = moment_tiles(sh, x);
   parallel_for(blocks * sh.n_col_groups(), kBlockRows * kColGroup, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       int64_t r0, r1, j0, j1;
       sh.task(t, r0, r1, j0, j1);
-      double* out = parts + 3 * cols * (r0 / kBlockRows);
-      // Whole register tiles (where `tiles`), then the whole vectors left along the rows (all
-      // of them without tiles; else those of tables narrower than a tile), then single columns.
-      int64_t j = j0;
-      for (; tiles && j + kTile <= j1; j += kTile)
-        tile_moments(out + 3 * j, x, ref, cols, j, r0, r1, RowsAhead::of<T>(sh, j0, j1, j == j0));
-      const int64_t j_vec = j + (j1 - j) / Vec<T>::width * Vec<T>::width;
-      if (j_vec > j)
-        rows_moments(out + 3 * j, x, ref, cols, j, j_vec, r0, r1,
-                     RowsAhead::of<T>(sh, j0, j1, j == j0));
-      for (j = j_vec; j < j1; ++j) column_moments(out + 3 * j, x, ref[j], cols, j, r0, r1);
+      task_moments(parts + 3 * (cols * (r0 / kBlockRows) + j0), x, ref, sh, tiles, r0, r1, j0, j1);
     }
   });
   const T* x_rest = x + sh.rows() * cols;
@@ -1178,9 +1207,9 @@ bool by_channel(const Shape& sh, int64_t inputs) {
          threads >= kMinThreads && sh.c >= 2 * threads;
 }
 
-// channel_affine of channels [0, c) from their mean and variance (S: T for running statistics,
-// double for batch statistics), the square roots and divisions a vector of channels at a time
-// (the same bits), blocks of channels shared among threads. One channel at a time on one
+// channel_affine of channels [begin, end) from their mean and variance (S: T for running
+// statistics, double for batch statistics), the square roots and divisions a vector of channels
+// at a time (the same bits). One channel at a time on one
 // thread they took about 15 ns each (Zen 3): 12 % of the 1024x1024 float32 inference, and most
 // of a table of thousands of channels and a few rows. 8x25088 float32 inference, medians of
 // 15: 1 thread 352-377 -> 295-327 us (Zen 3's divider takes the 256-bit forms at little more
@@ -1189,33 +1218,140 @@ bool by_channel(const Shape& sh, int64_t inputs) {
 // back instead of each division waiting on its square root: 65536 float32 channels on 1 thread
 // 490-500 -> 235-305 us.
 template <class T, class S>
-void channel_affines(T* mean_hi, T* scale, T* shift, T* invstd, const S* mean, const S* var,
-                     const T* gamma, const T* beta, int64_t c, double eps) {
+void channel_affines_of(T* mean_hi, T* scale, T* shift, T* invstd, const S* mean, const S* var,
+                        const T* gamma, const T* beta, int64_t begin, int64_t end, double eps) {
   using D = Vec<double>;
   constexpr int64_t W = D::width;
-  constexpr int64_t kBlock = 64 * W;         // channels per task
-  constexpr int64_t kValuesPerChannel = 16;  // a channel costs about as much as 16 values of a pass
   constexpr int64_t kGroup = 4 * W;
+  for (int64_t c0 = begin; c0 < end; c0 += kGroup) {
+    const int64_t m = end - c0 < kGroup ? end - c0 : kGroup;
+    double var_eps[kGroup], rstd[kGroup];
+    for (int64_t k = 0; k < kGroup; ++k)  // (lanes past the last channel: 1, not used)
+      var_eps[k] = k < m ? static_cast<double>(var[c0 + k]) + eps : 1.0;
+    // Scalar math: rstd = 1 / sqrt(var + eps)
+    D root[kGroup / W];
+    for (int64_t v = 0; v < kGroup / W; ++v) root[v] = square_root(D::load(var_eps + v * W));
+    for (int64_t v = 0; v < kGroup / W; ++v) (D::broadcast(1.0) / root[v]).store(rstd + v * W);
+    for (int64_t k = 0; k < m; ++k) {
+      const int64_t ch = c0 + k;
+      const ChannelAffine<T> a =
+          channel_affine_of_rstd(static_cast<double>(mean[ch]), rstd[k], gamma, beta, ch);
+      mean_hi[ch] = a.mean_hi;
+      scale[ch] = a.scale;
+      shift[ch] = a.shift;
+      invstd[ch] = a.invstd;
+    }
+  }
+}
+
+// channel_affines_of channels [0, c), in blocks of channels shared among threads.
+template <class T, class S>
+void channel_affines(T* mean_hi, T* scale, T* shift, T* invstd, const S* mean, const S* var,
+                     const T* gamma, const T* beta, int64_t c, double eps) {
+  constexpr int64_t kBlock = 64 * Vec<double>::width;  // channels per task
   parallel_for((c + kBlock - 1) / kBlock, kBlock * kValuesPerChannel, [&](int64_t b0, int64_t b1) {
-    for (int64_t c0 = b0 * kBlock; c0 < c && c0 < b1 * kBlock; c0 += kGroup) {
-      const int64_t m = c - c0 < kGroup ? c - c0 : kGroup;
-      double var_eps[kGroup], rstd[kGroup];
-      for (int64_t k = 0; k < kGroup; ++k)  // (lanes past the last channel: 1, not used)
-        var_eps[k] = k < m ? static_cast<double>(var[c0 + k]) + eps : 1.0;
-      // Scalar math: rstd = 1 / sqrt(var + eps)
-      D root[kGroup / W];
-      for (int64_t v = 0; v < kGroup / W; ++v) root[v] = square_root(D::load(var_eps + v * W));
-      for (int64_t v = 0; v < kGroup / W; ++v) (D::broadcast(1.0) / root[v]).store(rstd + v * W);
-      for (int64_t k = 0; k < m; ++k) {
-        const int64_t ch = c0 + k;
-        const ChannelAffine<T> a =
-            channel_affine_of_rstd(static_cast<double>(mean[ch]), rstd[k], gamma, beta, ch);
-        mean_hi[ch] = a.mean_hi;
-        scale[ch] = a.scale;
-        shift[ch] = a.shift;
-        invstd[ch] = a.invstd;
+    const int64_t end = b1 * kBlock < c ? b1 * kBlock : c;
+    channel_affines_of(mean_hi, scale, shift, invstd, mean, var, gamma, beta, b0 * kBlock, end,
+                       eps);
+  });
+}
+
+// Tables of a few rows of many channels (BatchNorm1d on (batch, features): s = 1, unfolded, at
+// most kGroupRows rows) go through training a group of kColGroup columns at a time per task,
+// every pass over the group while it is in cache (its statistics or sums, its per-channel
+// constants, its output): the whole-table passes sent per-channel arrays (moments, means,
+// variances, scales, sums) of many times L2's size through L3 between them. The same operations
+// per column in the same order: the same bits as the whole-table passes. Zen 3, AVX2, float32,
+// 2 threads, whole-table -> by column group, forward / backward: (2, 65536) 1.40 / 0.39 ->
+// 0.60 / 0.21 ms; (8, 25088) 0.30 / 0.23 -> 0.20 / 0.14; (32, 4096) 0.125 / 0.060 -> 0.056 /
+// 0.050; (16, 262144) 7.1 / 8.9 -> 5.5 / 6.0. With more rows, a group's rows a power of two
+// apart share L2's sets and its second pass no longer finds them there: (48, 32768) forward
+// 1.3-1.7 -> 1.6-2.2 ms, (256, 1024) 0.10 -> 0.15 (faster only on large tables of other widths).
+constexpr int64_t kGroupRows = 32;
+bool by_column_group(const Shape& sh) {
+  return sh.columns() && sh.s == 1 && sh.fold == 1 && sh.n >= 1 && sh.n <= kGroupRows;
+}
+
+// The training forward by column group (see by_column_group). Per group: the columns' moments
+// (as batch_norm_stats takes them), their batch mean and variance, channel_affines_of them,
+// y = (x - mean) * scale + shift.
+template <class T>
+void train_forward_by_column_group(T* y, T* mean, T* invstd, double* batch_mean, double* batch_var,
+                                   const T* x, const T* gamma, const T* beta, double eps,
+                                   const Shape& sh) {
+  const int64_t rows = sh.rows(), cols = sh.cols();
+  const bool tiles = moment_tiles(sh, x), stream = stream_output<T>(sh);
+  TaskBuffer<T> buf(2 * cols, Uninitialised{});
+  T* scale = buf.data();
+  T* shift = scale + cols;
+  const int64_t work = (2 * rows + kValuesPerChannel) * kColGroup;
+  parallel_for(sh.n_col_groups(), work, [&](int64_t g0, int64_t g1) {
+    double parts[3 * kColGroup];
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t j0 = g * kColGroup, j1 = j0 + kColGroup < cols ? j0 + kColGroup : cols;
+      task_moments(parts, x, x, sh, tiles, 0, rows, j0, j1);
+      for (int64_t j = j0; j < j1; ++j) {
+        const Moments m = combine(1, [&](int64_t) { return parts + 3 * (j - j0); });
+        batch_mean[j] = static_cast<double>(x[j]) + m.mean;
+        batch_var[j] = biased_variance(m);
+      }
+      channel_affines_of(mean, scale, shift, invstd, batch_mean, batch_var, gamma, beta, j0, j1,
+                         eps);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t off = r * cols + j0;
+        if (stream)
+          apply_columns<T, true, false>(y + off, x + off, mean + j0, scale + j0, shift + j0,
+                                        j1 - j0);
+        else
+          apply_columns<T, false>(y + off, x + off, mean + j0, scale + j0, shift + j0, j1 - j0);
       }
     }
+    if (stream) stream_fence();
+  });
+}
+
+// The training backward by column group (see by_column_group). Per group: the columns' sums of
+// dy and dy * xhat (as grad_sums_impl takes them), a = sum_dy / n and b = sum_dy_xhat / n,
+// dx = k * (dy - a - xhat * b).
+template <class T>
+void train_backward_by_column_group(T* dx, double* sum_dy, double* sum_dy_xhat, const T* dy,
+                                    const T* x, const T* mean, const T* invstd, const T* k,
+                                    const Shape& sh) {
+  const int64_t rows = sh.rows(), cols = sh.cols();
+  const bool stream = stream_output<T>(sh);
+  const double count = static_cast<double>(rows);
+  const int64_t work = (3 * rows + kValuesPerChannel) * kColGroup;
+  parallel_for(sh.n_col_groups(), work, [&](int64_t g0, int64_t g1) {
+    double parts[2 * kColGroup];
+    T a[kColGroup], b[kColGroup];
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t j0 = g * kColGroup, j1 = j0 + kColGroup < cols ? j0 + kColGroup : cols;
+      const int64_t j_vec = j0 + (j1 - j0) / Vec<T>::width * Vec<T>::width;
+      if (j_vec > j0)
+        rows_grad_sums<T, false>(parts, nullptr, dy, x, mean, invstd, nullptr, cols, j0, j_vec, 0,
+                                 rows, RowsAhead::of<T>(sh, j0, j1));
+      for (int64_t j = j_vec; j < j1; ++j)
+        column_grad_sums<T, false>(parts + 2 * (j - j0), nullptr, dy, x, mean, invstd, nullptr,
+                                   cols, j, 0, rows);
+      for (int64_t j = j0; j < j1; ++j) {
+        const double s_dy = 0.0 + parts[2 * (j - j0)];  // (as a channel's one part is added)
+        const double s_dyx = 0.0 + parts[2 * (j - j0) + 1];
+        sum_dy[j] = s_dy;
+        sum_dy_xhat[j] = s_dyx;
+        a[j - j0] = static_cast<T>(s_dy / count);
+        b[j - j0] = static_cast<T>(s_dyx / count);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t off = r * cols + j0;
+        if (stream)
+          train_dx_columns<T, true, false>(dx + off, dy + off, x + off, mean + j0, invstd + j0,
+                                           k + j0, a, b, j1 - j0);
+        else
+          train_dx_columns<T, false>(dx + off, dy + off, x + off, mean + j0, invstd + j0, k + j0, a,
+                                     b, j1 - j0);
+      }
+    }
+    if (stream) stream_fence();
   });
 }
 
@@ -1233,6 +1369,11 @@ void batch_norm_train_forward(T* y, T* mean, T* invstd, double* batch_mean, doub
   const Shape sh{n, c, s};
   if (by_channel<T>(sh, 1)) {
     train_forward_by_channel(y, mean, invstd, batch_mean, batch_var, x, gamma, beta, eps, sh);
+    return;
+  }
+  if (by_column_group(folded<T>(sh))) {
+    train_forward_by_column_group(y, mean, invstd, batch_mean, batch_var, x, gamma, beta, eps,
+                                  folded<T>(sh));
     return;
   }
   batch_norm_stats(batch_mean, batch_var, x, n, c, s);
@@ -1255,6 +1396,10 @@ void batch_norm_train_backward(T* dx, double* sum_dy, double* sum_dy_xhat, const
   }
   if (by_channel<T>(sh, 2)) {
     train_backward_by_channel(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, k, sh);
+    return;
+  }
+  if (by_column_group(folded<T>(sh))) {
+    train_backward_by_column_group(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, k, folded<T>(sh));
     return;
   }
   const int64_t team =
