@@ -50,21 +50,16 @@ void batch_norm_forward(T* y, T* mean, T* invstd, T* running_mean, T* running_va
         std::to_string(count));
 
   const Kernels<T>& k = active_kernels().of<T>();
-  // batch statistics (mean, var) in training; per-channel scale and shift in inference
-  Workspace ws(batch_stats ? static_cast<std::size_t>(2 * c) : doubles_for<T>(2 * c));
+  // (mean receives mean_hi, the mean the normalization subtracts)
+  if (!batch_stats) {
+    k.batch_norm_infer_forward(y, mean, invstd, x, running_mean, running_var, gamma, beta, eps, n,
+                               c, s);
+    return;
+  }
+  Workspace ws(static_cast<std::size_t>(2 * c));  // the batch statistics
   double* batch_mean = ws.data();
   double* batch_var = batch_mean + c;
-  if (batch_stats) {
-    k.batch_norm_train_forward(y, mean, invstd, batch_mean, batch_var, x, gamma, beta, eps, n, c,
-                               s);
-  } else {
-    // (mean receives mean_hi, the mean the normalization subtracts)
-    T* scale = reinterpret_cast<T*>(ws.data());
-    T* shift = scale + c;
-    k.batch_norm_channel_affines(mean, scale, shift, invstd, running_mean, running_var, gamma, beta,
-                                 c, eps);
-    k.batch_norm_apply(y, x, mean, scale, shift, n, c, s);
-  }
+  k.batch_norm_train_forward(y, mean, invstd, batch_mean, batch_var, x, gamma, beta, eps, n, c, s);
 
   if (training && running_mean) {
     const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);

@@ -1232,6 +1232,22 @@ void channel_affines_of(T* mean_hi, T* scale, T* shift, T* invstd, const S* mean
     D root[kGroup / W];
     for (int64_t v = 0; v < kGroup / W; ++v) root[v] = square_root(D::load(var_eps + v * W));
     for (int64_t v = 0; v < kGroup / W; ++v) (D::broadcast(1.0) / root[v]).store(rstd + v * W);
+    if (m == kGroup) {
+      // channel_affine_of_rstd a vector of channels at a time. Scalar math:
+      // scale = rstd * gamma;  mean_hi = mean rounded to T;  shift = beta - (mean - mean_hi) *
+      // scale
+      for (int64_t v = 0; v < kGroup / W; ++v) {
+        const int64_t ch = c0 + v * W;
+        const D rstd_v = D::load(rstd + v * W), mean_v = load_wide(mean + ch);
+        const D scale_v = gamma ? rstd_v * load_wide(gamma + ch) : rstd_v;
+        store_narrow(mean_hi + ch, mean_v);
+        const D beta_v = beta ? load_wide(beta + ch) : D::broadcast(0.0);
+        store_narrow(shift + ch, beta_v - (mean_v - load_wide(mean_hi + ch)) * scale_v);
+        store_narrow(scale + ch, scale_v);
+        store_narrow(invstd + ch, rstd_v);
+      }
+      continue;
+    }
     for (int64_t k = 0; k < m; ++k) {
       const int64_t ch = c0 + k;
       const ChannelAffine<T> a =
@@ -1355,11 +1371,50 @@ void train_backward_by_column_group(T* dx, double* sum_dy, double* sum_dy_xhat, 
   });
 }
 
+// The inference forward by column group (see by_column_group): per group, channel_affines_of
+// its channels, then y = (x - mean) * scale + shift.
 template <class T>
-void batch_norm_channel_affines(T* mean_hi, T* scale, T* shift, T* invstd, const T* mean,
-                                const T* var, const T* gamma, const T* beta, int64_t c,
-                                double eps) {
-  channel_affines(mean_hi, scale, shift, invstd, mean, var, gamma, beta, c, eps);
+void infer_forward_by_column_group(T* y, T* mean, T* invstd, const T* x, const T* running_mean,
+                                   const T* running_var, const T* gamma, const T* beta, double eps,
+                                   const Shape& sh) {
+  const int64_t rows = sh.rows(), cols = sh.cols();
+  const bool stream = stream_output<T>(sh);
+  TaskBuffer<T> buf(2 * cols, Uninitialised{});
+  T* scale = buf.data();
+  T* shift = scale + cols;
+  const int64_t work = (rows + kValuesPerChannel) * kColGroup;
+  parallel_for(sh.n_col_groups(), work, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t j0 = g * kColGroup, j1 = j0 + kColGroup < cols ? j0 + kColGroup : cols;
+      channel_affines_of(mean, scale, shift, invstd, running_mean, running_var, gamma, beta, j0, j1,
+                         eps);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t off = r * cols + j0;
+        if (stream)
+          apply_columns<T, true>(y + off, x + off, mean + j0, scale + j0, shift + j0, j1 - j0);
+        else
+          apply_columns<T, false>(y + off, x + off, mean + j0, scale + j0, shift + j0, j1 - j0);
+      }
+    }
+    if (stream) stream_fence();
+  });
+}
+
+template <class T>
+void batch_norm_infer_forward(T* y, T* mean, T* invstd, const T* x, const T* running_mean,
+                              const T* running_var, const T* gamma, const T* beta, double eps,
+                              int64_t n, int64_t c, int64_t s) {
+  const Shape sh = folded<T>(Shape{n, c, s});
+  if (by_column_group(sh)) {
+    infer_forward_by_column_group(y, mean, invstd, x, running_mean, running_var, gamma, beta, eps,
+                                  sh);
+    return;
+  }
+  TaskBuffer<T> buf(2 * c, Uninitialised{});
+  T* scale = buf.data();
+  T* shift = scale + c;
+  channel_affines(mean, scale, shift, invstd, running_mean, running_var, gamma, beta, c, eps);
+  batch_norm_apply(y, x, mean, scale, shift, n, c, s);
 }
 
 template <class T>
@@ -1431,10 +1486,8 @@ void batch_norm_train_backward(T* dx, double* sum_dy, double* sum_dy_xhat, const
 }
 
 #define NORMKIT_INSTANTIATE(T)                                                                     \
-  template void batch_norm_apply<T>(T*, const T*, const T*, const T*, const T*, int64_t, int64_t,  \
-                                    int64_t);                                                      \
-  template void batch_norm_channel_affines<T>(T*, T*, T*, T*, const T*, const T*, const T*,        \
-                                              const T*, int64_t, double);                          \
+  template void batch_norm_infer_forward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,    \
+                                            const T*, double, int64_t, int64_t, int64_t);          \
   template void batch_norm_grad_sums<T>(double*, double*, T*, const T*, const T*, const T*,        \
                                         const T*, const T*, int64_t, int64_t, int64_t);            \
   template void batch_norm_backward_apply<T>(T*, const T*, const T*, const T*, const T*, const T*, \

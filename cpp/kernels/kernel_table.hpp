@@ -16,10 +16,13 @@ using LayerNormBackwardFn = void (*)(T* dx, T* dgamma, T* dbeta, const T* dy, co
                                      int64_t cols);
 
 // BatchNorm over x viewed as (n, c, s); per-channel arrays have length c.
-// apply: y = (x - mean) * scale + shift.
+// infer_forward: the forward with given statistics (the running ones): the statistics used
+// (mean_hi and invstd of channel_affine.hpp) and y.
 template <class T>
-using BatchNormApplyFn = void (*)(T* y, const T* x, const T* mean, const T* scale, const T* shift,
-                                  int64_t n, int64_t c, int64_t s);
+using BatchNormInferForwardFn = void (*)(T* y, T* mean, T* invstd, const T* x,
+                                         const T* running_mean, const T* running_var,
+                                         const T* gamma, const T* beta, double eps, int64_t n,
+                                         int64_t c, int64_t s);
 // grad_sums: float64 sums of dy and dy * (x - mean) * invstd per channel; with dx non-null it
 // also writes dx = k * dy in the same pass (the eval-mode backward).
 template <class T>
@@ -32,12 +35,6 @@ using BatchNormBackwardApplyFn = void (*)(T* dx, const T* dy, const T* x, const 
                                           const T* invstd, const T* k, const T* a, const T* b,
                                           int64_t n, int64_t c, int64_t s);
 
-// channel_affines: channel_affine (channel_affine.hpp) of channels [0, c) from their mean and
-// variance (the running statistics): mean_hi, scale, shift and invstd per channel.
-template <class T>
-using BatchNormChannelAffinesFn = void (*)(T* mean_hi, T* scale, T* shift, T* invstd, const T* mean,
-                                           const T* var, const T* gamma, const T* beta, int64_t c,
-                                           double eps);
 // train_forward: the forward with batch statistics: their float64 mean and biased variance,
 // the statistics used (mean_hi and invstd of channel_affine.hpp) and y.
 template <class T>
@@ -56,8 +53,7 @@ template <class T>
 struct Kernels {
   LayerNormForwardFn<T> layer_norm_forward;
   LayerNormBackwardFn<T> layer_norm_backward;
-  BatchNormApplyFn<T> batch_norm_apply;
-  BatchNormChannelAffinesFn<T> batch_norm_channel_affines;
+  BatchNormInferForwardFn<T> batch_norm_infer_forward;
   BatchNormGradSumsFn<T> batch_norm_grad_sums;
   BatchNormBackwardApplyFn<T> batch_norm_backward_apply;
   BatchNormTrainForwardFn<T> batch_norm_train_forward;

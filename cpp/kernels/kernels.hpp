@@ -22,12 +22,9 @@ void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
 // BatchNorm pieces over x viewed as (n, c, s); see batch_norm_kernel.cpp.
 
 template <class T>
-void batch_norm_apply(T* y, const T* x, const T* mean, const T* scale, const T* shift, int64_t n,
-                      int64_t c, int64_t s);
-
-template <class T>
-void batch_norm_channel_affines(T* mean_hi, T* scale, T* shift, T* invstd, const T* mean,
-                                const T* var, const T* gamma, const T* beta, int64_t c, double eps);
+void batch_norm_infer_forward(T* y, T* mean, T* invstd, const T* x, const T* running_mean,
+                              const T* running_var, const T* gamma, const T* beta, double eps,
+                              int64_t n, int64_t c, int64_t s);
 
 template <class T>
 void batch_norm_grad_sums(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, const T* x,

@@ -191,6 +191,28 @@ inline Vec<double> widen_hi(Vec<float> a) { return {static_cast<double>(a.v)}; }
 
 #endif
 
+// Vec<double>::width values of T as doubles (load_wide), and doubles rounded to T and stored
+// (store_narrow).
+inline Vec<double> load_wide(const double* p) { return Vec<double>::load(p); }
+inline void store_narrow(double* p, Vec<double> a) { a.store(p); }
+#if defined(__AVX512F__)
+inline Vec<double> load_wide(const float* p) { return {_mm512_cvtps_pd(_mm256_loadu_ps(p))}; }
+inline void store_narrow(float* p, Vec<double> a) { _mm256_storeu_ps(p, _mm512_cvtpd_ps(a.v)); }
+#elif defined(__AVX2__)
+inline Vec<double> load_wide(const float* p) { return {_mm256_cvtps_pd(_mm_loadu_ps(p))}; }
+inline void store_narrow(float* p, Vec<double> a) { _mm_storeu_ps(p, _mm256_cvtpd_ps(a.v)); }
+#elif defined(__SSE2__)
+inline Vec<double> load_wide(const float* p) {
+  return {_mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))))};
+}
+inline void store_narrow(float* p, Vec<double> a) {
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_castps_si128(_mm_cvtpd_ps(a.v)));
+}
+#else
+inline Vec<double> load_wide(const float* p) { return {static_cast<double>(*p)}; }
+inline void store_narrow(float* p, Vec<double> a) { *p = static_cast<float>(a.v); }
+#endif
+
 // Lanes [0, k) of a and [k, width) of b (0 <= k <= width).
 #if defined(__AVX512F__)
 inline Vec<float> blend_at(Vec<float> a, Vec<float> b, int k) {
