@@ -286,21 +286,40 @@ inline void divide_each(double* q, const double* a, double b, int64_t m) {
 // The moments of the m columns from j0 over rows [r0, r1), given each column's shift and its
 // sums of d = x - shift and d^2 (shifted_moments_of); a column whose shift landed more than 2 std
 // from its mean (outliers up front, sorted data), or whose float32 sums overflowed, is done
-// again by column_moments. m: a whole number of Vec<T>.
+// again by column_moments. m: a whole number of Vec<T>. A vector of columns at a time (the same
+// bits): one column at a time, the checks took most of the statistics of tables of a few rows
+// ((2, 65536) float32 training forward, 1 thread: 0.83-0.88 -> 0.73-0.76 ms; Zen 3, AVX2).
 template <class T>
 void store_shifted_moments(double* out, const T* x, const T* ref, const T* shift,
                            const double* sum_d, const double* sum_d2, int64_t cols, int64_t j0,
                            int64_t m, int64_t r0, int64_t r1) {
+  using D = Vec<double>;
+  constexpr int64_t W = D::width;
   const double count = static_cast<double>(r1 - r0);
-  alignas(64) double mean_d[kColGroup];
-  divide_each(mean_d, sum_d, count, m);
-  for (int64_t j = 0; j < m; ++j) {
-    const double shift_rel = static_cast<double>(shift[j]) - static_cast<double>(ref[j0 + j]);
-    const Moments mo = shifted_moments_of_mean(shift_rel, mean_d[j], sum_d[j], sum_d2[j], count);
-    if (shift_too_far(mo, shift_rel) || overflowed<T>(mo))
-      column_moments(out + 3 * j, x, ref[j0 + j], cols, j0 + j, r0, r1);
-    else
-      store_moments(out + 3 * j, mo);
+  const D count_v = D::broadcast(count), four = D::broadcast(4.0);
+  for (int64_t j = 0; j < m; j += W) {
+    // shifted_moments_of_mean, shift_too_far and overflowed a vector of columns at a time.
+    // Scalar math: shift_rel = shift - ref;  mean_d = sum_d / n;  mean = shift_rel + mean_d;
+    // m2 = sum_d2 - sum_d * mean_d;  again if (mean - shift_rel)^2 * n > 4 * m2, or (float32
+    // sums) m2 is not finite.
+    const D shift_rel = load_wide(shift + j) - load_wide(ref + j0 + j);
+    const D s_d = D::load(sum_d + j);
+    const D mean_d = s_d / count_v;
+    const D mean = shift_rel + mean_d;
+    const D m2 = D::load(sum_d2 + j) - s_d * mean_d;
+    const D offset = mean - shift_rel;
+    int again = greater_lanes(offset * offset * count_v, four * m2);
+    if (sizeof(T) < sizeof(double)) again |= ~finite_lanes(m2) & ((1 << W) - 1);
+    double mean_a[W], m2_a[W];
+    mean.store(mean_a);
+    m2.store(m2_a);
+    for (int64_t k = 0; k < W; ++k) {
+      const int64_t col = j0 + j + k;
+      if (again >> k & 1)
+        column_moments(out + 3 * (j + k), x, ref[col], cols, col, r0, r1);
+      else
+        store_moments(out + 3 * (j + k), Moments{count, mean_a[k], m2_a[k]});
+    }
   }
 }
 
@@ -1208,15 +1227,16 @@ bool by_channel(const Shape& sh, int64_t inputs) {
 }
 
 // channel_affine of channels [begin, end) from their mean and variance (S: T for running
-// statistics, double for batch statistics), the square roots and divisions a vector of channels
-// at a time (the same bits). One channel at a time on one
-// thread they took about 15 ns each (Zen 3): 12 % of the 1024x1024 float32 inference, and most
-// of a table of thousands of channels and a few rows. 8x25088 float32 inference, medians of
-// 15: 1 thread 352-377 -> 295-327 us (Zen 3's divider takes the 256-bit forms at little more
-// than the scalar rate), 2 threads 323-332 -> 223-227 us. The square roots of four vectors of
-// channels go first, then their divisions, so that the divider has independent work back to
-// back instead of each division waiting on its square root: 65536 float32 channels on 1 thread
-// 490-500 -> 235-305 us.
+// statistics, double for batch statistics), a vector of channels at a time (the same bits).
+// One channel at a time on one thread they took about 15 ns each (Zen 3): 12 % of the 1024x1024
+// float32 inference, and most of a table of thousands of channels and a few rows. The square
+// roots and divisions in vectors: 8x25088 float32 inference, medians of 15, 1 thread 352-377 ->
+// 295-327 us (Zen 3's divider takes the 256-bit forms at little more than the scalar rate), 2
+// threads 323-332 -> 223-227 us. The square roots of four vectors of channels go first, then
+// their divisions, so that the divider has independent work back to back instead of each
+// division waiting on its square root: 65536 float32 channels on 1 thread 490-500 -> 235-305
+// us. The rest (scale, mean_hi, shift) in vectors too: (2, 65536) float32 inference, 2
+// threads, 0.18-0.25 -> 0.13-0.14 ms; (8, 25088) 0.078-0.092 -> 0.064-0.076.
 template <class T, class S>
 void channel_affines_of(T* mean_hi, T* scale, T* shift, T* invstd, const S* mean, const S* var,
                         const T* gamma, const T* beta, int64_t begin, int64_t end, double eps) {
@@ -1372,7 +1392,9 @@ void train_backward_by_column_group(T* dx, double* sum_dy, double* sum_dy_xhat, 
 }
 
 // The inference forward by column group (see by_column_group): per group, channel_affines_of
-// its channels, then y = (x - mean) * scale + shift.
+// its channels, then y = (x - mean) * scale + shift. Against channel_affines then
+// batch_norm_apply, float32, 2 threads: (2, 65536) 0.22-0.25 -> 0.18-0.21 ms, (8, 25088)
+// 0.100-0.107 -> 0.082-0.097 (Zen 3, AVX2).
 template <class T>
 void infer_forward_by_column_group(T* y, T* mean, T* invstd, const T* x, const T* running_mean,
                                    const T* running_var, const T* gamma, const T* beta, double eps,

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <utility>
 
@@ -195,12 +196,27 @@ inline Vec<double> widen_hi(Vec<float> a) { return {static_cast<double>(a.v)}; }
 // (store_narrow).
 inline Vec<double> load_wide(const double* p) { return Vec<double>::load(p); }
 inline void store_narrow(double* p, Vec<double> a) { a.store(p); }
+// Lane masks (bit k for lane k): a > b (false where either is NaN), and a finite.
+constexpr double kMaxDouble = std::numeric_limits<double>::max();
 #if defined(__AVX512F__)
 inline Vec<double> load_wide(const float* p) { return {_mm512_cvtps_pd(_mm256_loadu_ps(p))}; }
 inline void store_narrow(float* p, Vec<double> a) { _mm256_storeu_ps(p, _mm512_cvtpd_ps(a.v)); }
+inline int greater_lanes(Vec<double> a, Vec<double> b) {
+  return _mm512_cmp_pd_mask(a.v, b.v, _CMP_GT_OQ);
+}
+inline int finite_lanes(Vec<double> a) {
+  return _mm512_cmp_pd_mask(_mm512_abs_pd(a.v), _mm512_set1_pd(kMaxDouble), _CMP_LE_OQ);
+}
 #elif defined(__AVX2__)
 inline Vec<double> load_wide(const float* p) { return {_mm256_cvtps_pd(_mm_loadu_ps(p))}; }
 inline void store_narrow(float* p, Vec<double> a) { _mm_storeu_ps(p, _mm256_cvtpd_ps(a.v)); }
+inline int greater_lanes(Vec<double> a, Vec<double> b) {
+  return _mm256_movemask_pd(_mm256_cmp_pd(a.v, b.v, _CMP_GT_OQ));
+}
+inline int finite_lanes(Vec<double> a) {
+  const __m256d magnitude = _mm256_andnot_pd(_mm256_set1_pd(-0.0), a.v);
+  return _mm256_movemask_pd(_mm256_cmp_pd(magnitude, _mm256_set1_pd(kMaxDouble), _CMP_LE_OQ));
+}
 #elif defined(__SSE2__)
 inline Vec<double> load_wide(const float* p) {
   return {_mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))))};
@@ -208,9 +224,18 @@ inline Vec<double> load_wide(const float* p) {
 inline void store_narrow(float* p, Vec<double> a) {
   _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_castps_si128(_mm_cvtpd_ps(a.v)));
 }
+inline int greater_lanes(Vec<double> a, Vec<double> b) {
+  return _mm_movemask_pd(_mm_cmpgt_pd(a.v, b.v));
+}
+inline int finite_lanes(Vec<double> a) {
+  const __m128d magnitude = _mm_andnot_pd(_mm_set1_pd(-0.0), a.v);
+  return _mm_movemask_pd(_mm_cmple_pd(magnitude, _mm_set1_pd(kMaxDouble)));
+}
 #else
 inline Vec<double> load_wide(const float* p) { return {static_cast<double>(*p)}; }
 inline void store_narrow(float* p, Vec<double> a) { *p = static_cast<float>(a.v); }
+inline int greater_lanes(Vec<double> a, Vec<double> b) { return a.v > b.v ? 1 : 0; }
+inline int finite_lanes(Vec<double> a) { return std::isfinite(a.v) ? 1 : 0; }
 #endif
 
 // Lanes [0, k) of a and [k, width) of b (0 <= k <= width).
