@@ -47,7 +47,8 @@ const BatchNormShape kBatchNormShapes[] = {{"32x64x56x56", 32, 64, 56 * 56},
                                            {"256x256x14x14", 256, 256, 14 * 14},
                                            {"8x512x7x7", 8, 512, 7 * 7},
                                            {"1024x1024", 1024, 1024, 1},
-                                           {"nhwc_32x56x56x64", 32 * 56 * 56, 64, 1}};
+                                           {"nhwc_32x56x56x64", 32 * 56 * 56, 64, 1},
+                                           {"32x16384", 32, 16384, 1}};
 
 // Uniform values in [-1, 1) from a 64-bit LCG: cheap enough for arrays of 10^8 values.
 template <class T>
