@@ -198,6 +198,7 @@ BN_CASES = [
     ((9, 4, 4, 19), -1),
     ((50, 33), -1),
     ((2, 3, 4099), 1),
+    ((3, 264), -1),  # few rows of many channels: by column group, 2 groups
 ]
 
 
