@@ -1253,9 +1253,8 @@ void channel_affines_of(T* mean_hi, T* scale, T* shift, T* invstd, const S* mean
     for (int64_t v = 0; v < kGroup / W; ++v) root[v] = square_root(D::load(var_eps + v * W));
     for (int64_t v = 0; v < kGroup / W; ++v) (D::broadcast(1.0) / root[v]).store(rstd + v * W);
     if (m == kGroup) {
-      // channel_affine_of_rstd a vector of channels at a time. Scalar math:
-      // scale = rstd * gamma;  mean_hi = mean rounded to T;  shift = beta - (mean - mean_hi) *
-      // scale
+      // channel_affine_of_rstd a vector of channels at a time. Scalar math: scale = rstd *
+      // gamma;  mean_hi = mean rounded to T;  shift = beta - (mean - mean_hi) * scale
       for (int64_t v = 0; v < kGroup / W; ++v) {
         const int64_t ch = c0 + v * W;
         const D rstd_v = D::load(rstd + v * W), mean_v = load_wide(mean + ch);
@@ -1293,12 +1292,12 @@ void channel_affines(T* mean_hi, T* scale, T* shift, T* invstd, const S* mean, c
 }
 
 // Tables of a few rows of many channels (BatchNorm1d on (batch, features): s = 1, unfolded, at
-// most kGroupRows rows) go through training a group of kColGroup columns at a time per task,
-// every pass over the group while it is in cache (its statistics or sums, its per-channel
-// constants, its output): the whole-table passes sent per-channel arrays (moments, means,
-// variances, scales, sums) of many times L2's size through L3 between them. The same operations
-// per column in the same order: the same bits as the whole-table passes. Zen 3, AVX2, float32,
-// 2 threads, whole-table -> by column group, forward / backward: (2, 65536) 1.40 / 0.39 ->
+// most kGroupRows rows) go through training and inference a group of kColGroup columns at a
+// time per task, every pass over the group while it is in cache (its statistics or sums, its
+// per-channel constants, its output): the whole-table passes sent per-channel arrays (moments,
+// means, variances, scales, sums) of many times L2's size through L3 between them. The same
+// operations per column in the same order: the same bits as the whole-table passes. Zen 3, AVX2,
+// float32, 2 threads, whole-table -> by column group, forward / backward: (2, 65536) 1.40 / 0.39 ->
 // 0.60 / 0.21 ms; (8, 25088) 0.30 / 0.23 -> 0.20 / 0.14; (32, 4096) 0.125 / 0.060 -> 0.056 /
 // 0.050; (16, 262144) 7.1 / 8.9 -> 5.5 / 6.0. With more rows, a group's rows a power of two
 // apart share L2's sets and its second pass no longer finds them there: (48, 32768) forward
