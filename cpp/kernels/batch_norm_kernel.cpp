@@ -1307,6 +1307,21 @@ bool by_column_group(const Shape& sh) {
   return sh.columns() && sh.s == 1 && sh.fold == 1 && sh.n >= 1 && sh.n <= kGroupRows;
 }
 
+// y = (x - mean) * scale + shift over columns [j0, j1) of every row of a column group (the
+// arrays per column); streamed stores where `stream`, x prefetched along its rows where kAhead
+// too (see apply_columns).
+template <class T, bool kAhead>
+void apply_group(T* y, const T* x, const T* mean, const T* scale, const T* shift, int64_t rows,
+                 int64_t cols, int64_t j0, int64_t j1, bool stream) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t off = r * cols + j0;
+    if (stream)
+      apply_columns<T, true, kAhead>(y + off, x + off, mean + j0, scale + j0, shift + j0, j1 - j0);
+    else
+      apply_columns<T, false>(y + off, x + off, mean + j0, scale + j0, shift + j0, j1 - j0);
+  }
+}
+
 // The training forward by column group (see by_column_group). Per group: the columns' moments
 // (as batch_norm_stats takes them), their batch mean and variance, channel_affines_of them,
 // y = (x - mean) * scale + shift.
@@ -1332,14 +1347,7 @@ void train_forward_by_column_group(T* y, T* mean, T* invstd, double* batch_mean,
       }
       channel_affines_of(mean, scale, shift, invstd, batch_mean, batch_var, gamma, beta, j0, j1,
                          eps);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t off = r * cols + j0;
-        if (stream)
-          apply_columns<T, true, false>(y + off, x + off, mean + j0, scale + j0, shift + j0,
-                                        j1 - j0);
-        else
-          apply_columns<T, false>(y + off, x + off, mean + j0, scale + j0, shift + j0, j1 - j0);
-      }
+      apply_group<T, false>(y, x, mean, scale, shift, rows, cols, j0, j1, stream);  // (x in cache)
     }
     if (stream) stream_fence();
   });
@@ -1409,13 +1417,7 @@ void infer_forward_by_column_group(T* y, T* mean, T* invstd, const T* x, const T
       const int64_t j0 = g * kColGroup, j1 = j0 + kColGroup < cols ? j0 + kColGroup : cols;
       channel_affines_of(mean, scale, shift, invstd, running_mean, running_var, gamma, beta, j0, j1,
                          eps);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t off = r * cols + j0;
-        if (stream)
-          apply_columns<T, true>(y + off, x + off, mean + j0, scale + j0, shift + j0, j1 - j0);
-        else
-          apply_columns<T, false>(y + off, x + off, mean + j0, scale + j0, shift + j0, j1 - j0);
-      }
+      apply_group<T, true>(y, x, mean, scale, shift, rows, cols, j0, j1, stream);
     }
     if (stream) stream_fence();
   });
