@@ -298,7 +298,7 @@ void store_shifted_moments(double* out, const T* x, const T* ref, const T* shift
   const double count = static_cast<double>(r1 - r0);
   const D count_v = D::broadcast(count), four = D::broadcast(4.0);
   for (int64_t j = 0; j < m; j += W) {
-    // shifted_moments_of_mean, shift_too_far and overflowed a vector of columns at a time.
+    // shifted_moments_of, shift_too_far and overflowed a vector of columns at a time.
     // Scalar math: shift_rel = shift - ref;  mean_d = sum_d / n;  mean = shift_rel + mean_d;
     // m2 = sum_d2 - sum_d * mean_d;  again if (mean - shift_rel)^2 * n > 4 * m2, or (float32
     // sums) m2 is not finite.

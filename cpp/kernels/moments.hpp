@@ -18,13 +18,9 @@ struct Moments {
 //   mean = shift + sum(d) / n;  m2 = sum(d^2) - sum(d)^2 / n
 // (the shifted-data formula: exact up to a few roundings while |mean - shift| is within a
 // couple of standard deviations; x - shift is itself exact for data near the shift).
-// shifted_moments_of_mean takes mean_d = sum(d) / n already divided.
-inline Moments shifted_moments_of_mean(double shift, double mean_d, double sum_d, double sum_d2,
-                                       double count) {
-  return {count, shift + mean_d, sum_d2 - sum_d * mean_d};
-}
 inline Moments shifted_moments_of(double shift, double sum_d, double sum_d2, double count) {
-  return shifted_moments_of_mean(shift, sum_d / count, sum_d, sum_d2, count);
+  const double mean_d = sum_d / count;
+  return {count, shift + mean_d, sum_d2 - sum_d * mean_d};
 }
 
 // True when the shift was too far from the mean for the shifted formula (> 2 std).
