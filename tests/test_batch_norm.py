@@ -281,11 +281,13 @@ def test_few_rows_of_many_channels_match_reference(isa, shape, axis, dtype):
 @pytest.mark.parametrize("rows", [2, 7, 32])
 def test_streamed_few_rows_give_the_same_bits_off_a_cache_line(isa, rows, dtype):
     # Few rows by column group, streamed: the statistics take register tiles on an aligned copy
-    # and go along the rows on one 16 bytes past a line; forward and backward give the same
-    # bits, and match the float64 reference.
+    # (rows of whole cache lines: 48 more columns than whole groups) and go along the rows on
+    # one 16 bytes past a line; forward and backward give the same bits, and match the float64
+    # reference.
     rng = np.random.default_rng(13)
     itemsize = np.dtype(dtype).itemsize
-    cols = (normkit.info()["stream_threshold_bytes"] // (rows * itemsize) // 256 + 1) * 256 + 40
+    cols = (normkit.info()["stream_threshold_bytes"] // (rows * itemsize) // 256 + 1) * 256 + 48
+    assert cols * itemsize % 64 == 0
     dy = rng.standard_normal((rows, cols)).astype(dtype)
     gamma, beta = rng.standard_normal(cols).astype(dtype), rng.standard_normal(cols).astype(dtype)
     results = []
@@ -293,6 +295,7 @@ def test_streamed_few_rows_give_the_same_bits_off_a_cache_line(isa, rows, dtype)
         buffer = np.empty(rows * cols + 16, dtype)
         skew = (-buffer.ctypes.data % 64 + skew_bytes) // itemsize
         x = buffer[skew : skew + rows * cols].reshape(rows, cols)
+        assert x.ctypes.data % 64 == skew_bytes
         x[...] = np.random.default_rng(14).standard_normal((rows, cols)) * 3 + 1e4
         y, mean, invstd = normkit.batch_norm_forward(x, None, None, gamma, beta, training=True)
         results.append((y, mean, invstd, *normkit.batch_norm_backward(dy, x, mean, invstd, gamma)))
