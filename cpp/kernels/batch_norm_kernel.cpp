@@ -1449,9 +1449,9 @@ void batch_norm_train_forward(T* y, T* mean, T* invstd, double* batch_mean, doub
     train_forward_by_channel(y, mean, invstd, batch_mean, batch_var, x, gamma, beta, eps, sh);
     return;
   }
-  if (by_column_group(folded<T>(sh))) {
+  if (const Shape table = folded<T>(sh); by_column_group(table)) {
     train_forward_by_column_group(y, mean, invstd, batch_mean, batch_var, x, gamma, beta, eps,
-                                  folded<T>(sh));
+                                  table);
     return;
   }
   batch_norm_stats(batch_mean, batch_var, x, n, c, s);
@@ -1476,8 +1476,8 @@ void batch_norm_train_backward(T* dx, double* sum_dy, double* sum_dy_xhat, const
     train_backward_by_channel(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, k, sh);
     return;
   }
-  if (by_column_group(folded<T>(sh))) {
-    train_backward_by_column_group(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, k, folded<T>(sh));
+  if (const Shape table = folded<T>(sh); by_column_group(table)) {
+    train_backward_by_column_group(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, k, table);
     return;
   }
   const int64_t team =
