@@ -87,6 +87,28 @@ int64_t parallel_for(int64_t n_tasks, int64_t elements_per_task, const F& f) {
   return parallel_for(n_tasks, elements_per_task, false, f);
 }
 
+// Calls f(t, team) on each of `threads` threads at once (t in [0, team)), so that they may wait
+// for each other in team_barrier(); one thread: f(0, 1) inline.
+template <class F>
+void parallel_team(int64_t threads, const F& f) {
+#ifdef _OPENMP
+  if (threads > 1) {
+#pragma omp parallel num_threads(static_cast<int>(threads))
+    f(int64_t{omp_get_thread_num()}, int64_t{omp_get_num_threads()});
+    note_region_end();
+    return;
+  }
+#endif
+  f(int64_t{0}, int64_t{1});
+}
+
+// Waits until every thread of the parallel_team calling it has reached it (no-op on one).
+inline void team_barrier() {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
+
 // first(begin, end) over ranges covering [0, n_first), then middle() once, then
 // second(begin, end) over ranges covering [0, n_second): like three calls (parallel_for,
 // a serial step, parallel_for) but in one parallel region, so sleeping threads wake once.

@@ -409,6 +409,47 @@ def test_three_large_channels_give_the_bits_of_whole_array_passes(isa, dtype, in
     assert_same_with_one_and_two_threads(compute)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_channel_blocks_give_the_bits_of_whole_array_passes(isa, dtype):
+    # A training backward over x and dy larger than the last-level cache, with runs of 512 B to
+    # 1 KiB, goes a block of adjacent channels at a time, all threads on each block (builds
+    # without AVX-512). Each channel's gradients must be those of the whole-array passes, which
+    # a copy of a few of the channels (a small array) takes; the first block and the last,
+    # partial one are compared, on 1 and 2 threads.
+    llc = normkit.info()["last_level_cache_bytes"]
+    itemsize = np.dtype(dtype).itemsize
+    h, w = (13, 11) if dtype == np.float32 else (9, 9)  # odd runs of 572 and 648 bytes
+    n = 37
+    c = llc // (2 * n * h * w * itemsize) + 2
+    while c % 2 == 0 or c % 7 == 0:  # a last block of fewer channels (8 or 7 a block)
+        c += 1
+    if llc == 0 or n * c * h * w * itemsize > 1 << 30:
+        pytest.skip("last-level cache unknown or too large for a test array")
+    assert 2 * n * c * h * w * itemsize > llc  # x and dy
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((n, c, h, w)) * 3 + 1e4).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    gamma = rng.standard_normal(c).astype(dtype)
+    _, mean, invstd = normkit.batch_norm_forward(x, None, None, gamma, None, training=True)
+    before = normkit.get_num_threads()
+    try:
+        for threads in (1, 2):
+            normkit.set_num_threads(threads)
+            grads = normkit.batch_norm_backward(dy, x, mean, invstd, gamma)
+            for sel in (slice(0, 3), slice(c - 3, c)):
+                few = normkit.batch_norm_backward(
+                    np.ascontiguousarray(dy[:, sel]),
+                    np.ascontiguousarray(x[:, sel]),
+                    mean[sel],
+                    invstd[sel],
+                    gamma[sel],
+                )
+                for got, want in zip(grads, few):
+                    assert np.array_equal(got[:, sel] if got.ndim > 1 else got[sel], want)
+    finally:
+        normkit.set_num_threads(before)
+
+
 @pytest.mark.parametrize("axis", [1, -1])
 def test_float32_statistics_of_2_pow_24_values(axis):
     # 2^24 float32 values per channel at mean 1e4, std 1: a float32 running sum would stall

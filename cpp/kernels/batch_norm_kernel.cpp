@@ -644,6 +644,26 @@ void apply_run(T* y, const T* x, T mean, T scale, T shift, int64_t n) {
       [&](int64_t j) { return fma_scalar(x[j] - mean, scale, shift); });
 }
 
+// y = (x - mean) * scale + shift over the runs [t0, t1) of the runs layout, the arrays given per
+// channel; kAhead: x prefetched kAheadValues on.
+template <class T, bool kStream, bool kAhead = kStream>
+void apply_runs(T* y, const T* x, const T* mean, const T* scale, const T* shift, const Shape& sh,
+                int64_t t0, int64_t t1) {
+  using V = Vec<T>;
+  // The vector lambdas capture the arrays' pointers by value: a vector store may alias anything
+  // (GCC's vector types are may_alias), and pointers read through this task's captured
+  // references were loaded again for every vector (five per vector in the column layout's dx).
+  // 1024x1024 float32 inference, 1 / 2 threads: 0.233 -> 0.209 / 0.145 -> 0.113 ms; training
+  // forward 0.401 -> 0.368 / 0.263 -> 0.235 (Zen 3, AVX2).
+  runs_elementwise<T, kStream, 3>(
+      y, sh, t0, t1, {mean, scale, shift},
+      [&, x = x](int64_t j, const V(&k)[3]) {
+        if constexpr (kAhead) __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
+        return fmadd(V::load(x + j) - k[0], k[1], k[2]);
+      },
+      [&](int64_t j, int64_t ch) { return fma_scalar(x[j] - mean[ch], scale[ch], shift[ch]); });
+}
+
 // y = (x - mean) * scale + shift over n values of a row of the column layout, the arrays given
 // per column; kAhead: x prefetched kAheadValues on.
 template <class T, bool kStream, bool kAhead = kStream>
@@ -651,7 +671,7 @@ void apply_columns(T* y, const T* x, const T* mean, const T* scale, const T* shi
   using V = Vec<T>;
   elementwise<T, kStream>(
       y, n,
-      [=](int64_t j) {  // (pointers by value: see apply_impl)
+      [=](int64_t j) {  // (pointers by value: see apply_runs)
         if constexpr (kAhead) __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
         return fmadd(V::load(x + j) - V::load(mean + j), V::load(scale + j), V::load(shift + j));
       },
@@ -662,21 +682,9 @@ void apply_columns(T* y, const T* x, const T* mean, const T* scale, const T* shi
 // arrays are given per column).
 template <class T, bool kStream>
 void apply_impl(T* y, const T* x, const T* mean, const T* scale, const T* shift, const Shape& sh) {
-  using V = Vec<T>;
   if (!sh.columns()) {
     parallel_for(sh.n * sh.c, sh.s, [&](int64_t t0, int64_t t1) {
-      // The vector lambdas capture the arrays' pointers by value: a vector store may alias
-      // anything (GCC's vector types are may_alias), and pointers read through this task's
-      // captured references were loaded again for every vector (five per vector in the column
-      // layout's dx). 1024x1024 float32 inference, 1 / 2 threads: 0.233 -> 0.209 / 0.145 ->
-      // 0.113 ms; training forward 0.401 -> 0.368 / 0.263 -> 0.235 (Zen 3, AVX2).
-      runs_elementwise<T, kStream, 3>(
-          y, sh, t0, t1, {mean, scale, shift},
-          [&, x = x](int64_t j, const V(&k)[3]) {
-            if constexpr (kStream) __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
-            return fmadd(V::load(x + j) - k[0], k[1], k[2]);
-          },
-          [&](int64_t j, int64_t ch) { return fma_scalar(x[j] - mean[ch], scale[ch], shift[ch]); });
+      apply_runs<T, kStream>(y, x, mean, scale, shift, sh, t0, t1);
       if constexpr (kStream) stream_fence();
     });
     return;
@@ -707,6 +715,29 @@ void train_dx_run(T* dx, const T* dy, const T* x, T mean, T invstd, T k, T a, T 
       });
 }
 
+// Training: dx = k * (dy - a - xhat * b), xhat = (x - mean) * invstd, over the runs [t0, t1) of
+// the runs layout, the arrays given per channel (nb = -b); kAhead: x and dy prefetched
+// kAheadValues on.
+template <class T, bool kStream, bool kAhead = kStream>
+void train_dx_runs(T* dx, const T* dy, const T* x, const T* mean, const T* invstd, const T* k,
+                   const T* a, const T* nb, const Shape& sh, int64_t t0, int64_t t1) {
+  using V = Vec<T>;
+  runs_elementwise<T, kStream, 5>(
+      dx, sh, t0, t1, {mean, invstd, k, a, nb},
+      [&, x = x, dy = dy](int64_t j, const V(&kv)[5]) {  // (by value: see apply_runs)
+        if constexpr (kAhead) {
+          __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
+          __builtin_prefetch(dy + j + kAheadValues<T>, 0, 2);
+        }
+        const V xhat = (V::load(x + j) - kv[0]) * kv[1];
+        return fmadd(xhat, kv[4], V::load(dy + j) - kv[3]) * kv[2];
+      },
+      [&](int64_t j, int64_t ch) {
+        const T xhat = (x[j] - mean[ch]) * invstd[ch];
+        return fma_scalar(xhat, nb[ch], dy[j] - a[ch]) * k[ch];
+      });
+}
+
 // Training: dx = k * (dy - a - xhat * b), xhat = (x - mean) * invstd, over n values of a row of
 // the column layout, the arrays given per column; kAhead: x and dy prefetched kAheadValues on.
 template <class T, bool kStream, bool kAhead = kStream>
@@ -715,7 +746,7 @@ void train_dx_columns(T* dx, const T* dy, const T* x, const T* mean, const T* in
   using V = Vec<T>;
   elementwise<T, kStream>(
       dx, n,
-      [=](int64_t j) {  // (pointers by value: see apply_impl)
+      [=](int64_t j) {  // (pointers by value: see apply_runs)
         if constexpr (kAhead) {
           __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
           __builtin_prefetch(dy + j + kAheadValues<T>, 0, 2);
@@ -743,24 +774,11 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
     const T* nb = neg_b.data();
     parallel_for(sh.n * sh.c, sh.s, awake, [&](int64_t t0, int64_t t1) {
       if constexpr (kTraining) {
-        runs_elementwise<T, kStream, 5>(
-            dx, sh, t0, t1, {mean, invstd, k, a, nb},
-            [&, x = x, dy = dy](int64_t j, const V(&kv)[5]) {  // (by value: see apply_impl)
-              if constexpr (kStream) {
-                __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
-                __builtin_prefetch(dy + j + kAheadValues<T>, 0, 2);
-              }
-              const V xhat = (V::load(x + j) - kv[0]) * kv[1];
-              return fmadd(xhat, kv[4], V::load(dy + j) - kv[3]) * kv[2];
-            },
-            [&](int64_t j, int64_t ch) {
-              const T xhat = (x[j] - mean[ch]) * invstd[ch];
-              return fma_scalar(xhat, nb[ch], dy[j] - a[ch]) * k[ch];
-            });
+        train_dx_runs<T, kStream>(dx, dy, x, mean, invstd, k, a, nb, sh, t0, t1);
       } else {
         runs_elementwise<T, kStream, 1>(
             dx, sh, t0, t1, {k},
-            [&, dy = dy](int64_t j, const V(&kv)[1]) {
+            [&, dy = dy](int64_t j, const V(&kv)[1]) {  // (by value: see apply_runs)
               if constexpr (kStream) __builtin_prefetch(dy + j + kAheadValues<T>, 0, 2);
               return V::load(dy + j) * kv[0];
             },
@@ -1226,6 +1244,96 @@ bool by_channel(const Shape& sh, int64_t inputs) {
          threads >= kMinThreads && sh.c >= 2 * threads;
 }
 
+// Channel blocks: the training backward over arrays larger than the last-level cache whose runs
+// are too short for by_channel (512 B to 1 KiB on the builds below: 14x14 float32 planes) takes
+// a block of adjacent channels at a time, with kBlockRunBytes of runs or more per image, all
+// threads on each block, the images split between them: the sums pass reads the block's x and
+// dy from memory and prefetches each run of the thread's next image; a barrier; the dx pass
+// reads them again from the last-level cache (2 x 1.2 MB for 256x256x14x14): 5 array-sized
+// streams from memory become 3. A channel's units are added in image order, as the whole-array
+// passes add them: the same bits. Zen 3, AVX2, float32, interleaved medians of 3-5, 2 threads:
+// 256x256x14x14 9.6-10.7 -> 8.2-8.8 ms, 128x512x14x14 11.7-12.3 -> 8.6-10.6; 1 thread
+// 256x256x14x14 15.6-18.1 -> 14.6-17.0. Blocks of 2 channels (1.5 KB of runs per image) measured
+// 12-14 % slower than 4, and 32 channels a little slower than 8; 49-value runs (196 B) gained in
+// some rounds and lost in others (256x1024x7x7 13.5-15.3 ms whole-array, 11.7-19.9 by blocks of
+// 16-42 channels), so they stay on the whole-array passes, as does the training forward (one
+// array read twice): 256x256x14x14 6.0-6.6 ms whole-array, 6.4-6.7 by blocks of 4 KiB of runs,
+// 6.7-8.6 by blocks of 2, 8 or 16 KiB. Both passes one image at a time, the next block's sums
+// fused into this block's dx pass, measured 5-25 % slower. Not measured on AVX-512 machines,
+// where by_channel takes such runs on two threads already.
+constexpr int64_t kBlockRunBytes = 4096;
+constexpr int64_t kMinBlockRunBytes = 512;
+
+// Channels per block (see kBlockRunBytes).
+template <class T>
+int64_t block_channels(const Shape& sh) {
+  const int64_t run_bytes = sh.s * int64_t{sizeof(T)};
+  const int64_t g = (kBlockRunBytes + run_bytes - 1) / run_bytes;
+  return g < sh.c ? g : sh.c;
+}
+
+// Whether the training backward goes by channel blocks (see kBlockRunBytes) where by_channel
+// does not: x and dy are larger than the last-level cache, two blocks of them fit in it, and
+// their runs are at least kMinBlockRunBytes long (a single unit each).
+template <class T>
+bool by_channel_block(const Shape& sh) {
+#if defined(__AVX512F__)
+  (void)sh;
+  return false;
+#else
+  const int64_t image_bytes = 2 * sh.s * int64_t{sizeof(T)};  // of a channel's x and dy
+  const int64_t llc = last_level_cache_bytes();
+  return !sh.columns() && sh.s <= kChunk && sh.s * int64_t{sizeof(T)} >= kMinBlockRunBytes &&
+         stream_output<T>(sh) && image_bytes * sh.n * sh.c > llc &&
+         2 * image_bytes * sh.n * block_channels<T>(sh) <= llc;
+#endif
+}
+
+// The training backward by channel blocks (see kBlockRunBytes).
+template <class T>
+void train_backward_by_channel_block(T* dx, double* sum_dy, double* sum_dy_xhat, const T* dy,
+                                     const T* x, const T* mean, const T* invstd, const T* k,
+                                     const Shape& sh) {
+  const int64_t n = sh.n, c = sh.c, s = sh.s, g = block_channels<T>(sh);
+  const double count = static_cast<double>(n * s);
+  // Two blocks' (n, g, 2) sums: a thread may start the next block while another still reads
+  // this one's.
+  Workspace ws(static_cast<std::size_t>(2 * 2 * n * g));
+  parallel_team(team_size(n, 3 * n * c * s), [&](int64_t t, int64_t team) {
+    const int64_t i0 = n * t / team, i1 = n * (t + 1) / team;
+    TaskBuffer<T> ab(2 * c, Uninitialised{});  // this thread's a and nb = -b, per channel
+    T* a = ab.data();
+    T* nb = a + c;
+    for (int64_t c0 = 0; c0 < c; c0 += g) {
+      const int64_t c1 = c0 + g < c ? c0 + g : c;
+      double* parts = ws.data() + (c0 / g % 2) * 2 * n * g;  // (image, channel - c0, 2)
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t ch = c0; ch < c1; ++ch) {
+          const int64_t off = (i * c + ch) * s;
+          chunk_grad_sums<T, false, true>(parts + 2 * (i * g + ch - c0), nullptr, dy + off, x + off,
+                                          mean[ch], invstd[ch], T(0), s, i + 1 < i1 ? c * s : 0);
+        }
+      team_barrier();
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        double s_dy = 0.0, s_dyx = 0.0;
+        for (int64_t i = 0; i < n; ++i) {
+          s_dy += parts[2 * (i * g + ch - c0)];
+          s_dyx += parts[2 * (i * g + ch - c0) + 1];
+        }
+        if (t == 0) {
+          sum_dy[ch] = s_dy;
+          sum_dy_xhat[ch] = s_dyx;
+        }
+        a[ch] = static_cast<T>(s_dy / count);
+        nb[ch] = -static_cast<T>(s_dyx / count);
+      }
+      for (int64_t i = i0; i < i1; ++i)
+        train_dx_runs<T, true, false>(dx, dy, x, mean, invstd, k, a, nb, sh, i * c + c0, i * c + c1);
+    }
+    stream_fence();
+  });
+}
+
 // channel_affine of channels [begin, end) from their mean and variance (S: T for running
 // statistics, double for batch statistics), a vector of channels at a time (the same bits).
 // One channel at a time on one thread they took about 15 ns each (Zen 3): 12 % of the 1024x1024
@@ -1474,6 +1582,10 @@ void batch_norm_train_backward(T* dx, double* sum_dy, double* sum_dy_xhat, const
   }
   if (by_channel<T>(sh, 2)) {
     train_backward_by_channel(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, k, sh);
+    return;
+  }
+  if (by_channel_block<T>(sh)) {
+    train_backward_by_channel_block(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, k, sh);
     return;
   }
   if (const Shape table = folded<T>(sh); by_column_group(table)) {
