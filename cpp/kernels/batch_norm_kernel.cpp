@@ -1328,7 +1328,8 @@ void train_backward_by_channel_block(T* dx, double* sum_dy, double* sum_dy_xhat,
         nb[ch] = -static_cast<T>(s_dyx / count);
       }
       for (int64_t i = i0; i < i1; ++i)
-        train_dx_runs<T, true, false>(dx, dy, x, mean, invstd, k, a, nb, sh, i * c + c0, i * c + c1);
+        train_dx_runs<T, true, false>(dx, dy, x, mean, invstd, k, a, nb, sh, i * c + c0,
+                                      i * c + c1);
     }
     stream_fence();
   });
