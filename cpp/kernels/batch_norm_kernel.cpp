@@ -1263,6 +1263,7 @@ bool by_channel(const Shape& sh, int64_t inputs) {
 // where by_channel takes such runs on two threads already.
 constexpr int64_t kBlockRunBytes = 4096;
 constexpr int64_t kMinBlockRunBytes = 512;
+constexpr int64_t kMinImagesPerThread = 4;
 
 // Channels per block (see kBlockRunBytes).
 template <class T>
@@ -1273,8 +1274,10 @@ int64_t block_channels(const Shape& sh) {
 }
 
 // Whether the training backward goes by channel blocks (see kBlockRunBytes) where by_channel
-// does not: x and dy are larger than the last-level cache, two blocks of them fit in it, and
-// their runs are at least kMinBlockRunBytes long (a single unit each).
+// does not: x and dy are larger than the last-level cache, two blocks of them fit in it, their
+// runs are at least kMinBlockRunBytes long (a single unit each), and there are at least
+// kMinImagesPerThread images per thread (the threads split a block's images; the whole-array
+// passes split its runs, and so keep both threads busy on a batch of one).
 template <class T>
 bool by_channel_block(const Shape& sh) {
 #if defined(__AVX512F__)
@@ -1285,7 +1288,8 @@ bool by_channel_block(const Shape& sh) {
   const int64_t llc = last_level_cache_bytes();
   return !sh.columns() && sh.s <= kChunk && sh.s * int64_t{sizeof(T)} >= kMinBlockRunBytes &&
          stream_output<T>(sh) && image_bytes * sh.n * sh.c > llc &&
-         2 * image_bytes * sh.n * block_channels<T>(sh) <= llc;
+         2 * image_bytes * sh.n * block_channels<T>(sh) <= llc &&
+         sh.n >= kMinImagesPerThread * get_num_threads();
 #endif
 }
 
