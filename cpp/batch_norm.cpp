@@ -63,12 +63,8 @@ void batch_norm_forward(T* y, T* mean, T* invstd, T* running_mean, T* running_va
 
   if (training && running_mean) {
     const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
-    for (int64_t ch = 0; ch < c; ++ch) {
-      running_mean[ch] = static_cast<T>((1.0 - momentum) * static_cast<double>(running_mean[ch]) +
-                                        momentum * batch_mean[ch]);
-      running_var[ch] = static_cast<T>((1.0 - momentum) * static_cast<double>(running_var[ch]) +
-                                       momentum * batch_var[ch] * unbias);
-    }
+    k.batch_norm_update_running(running_mean, running_var, batch_mean, batch_var, momentum, unbias,
+                                c);
   }
 }
 
@@ -88,10 +84,7 @@ void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
   double* sum_dy = ws.data();
   double* sum_dy_xhat = sum_dy + c;
   T* scale = reinterpret_cast<T*>(sum_dy_xhat + c);
-  for (int64_t ch = 0; ch < c; ++ch) {
-    const double g = gamma ? static_cast<double>(gamma[ch]) : 1.0;
-    scale[ch] = static_cast<T>(g * static_cast<double>(invstd[ch]));
-  }
+  k.batch_norm_grad_scale(scale, gamma, invstd, c);
   if (!training) {
     // dx = scale * dy needs no sums: one pass, writing dx while it sums for dgamma and dbeta.
     if (gamma && n > 0)
@@ -103,12 +96,7 @@ void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
   } else {
     k.batch_norm_train_backward(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, scale, n, c, s);
   }
-  if (gamma) {
-    for (int64_t ch = 0; ch < c; ++ch) {
-      dgamma[ch] = static_cast<T>(sum_dy_xhat[ch]);
-      dbeta[ch] = static_cast<T>(sum_dy[ch]);
-    }
-  }
+  if (gamma) k.batch_norm_grad_params(dgamma, dbeta, sum_dy_xhat, sum_dy, c);
 }
 
 #define NORMKIT_INSTANTIATE(T)                                                                   \

@@ -10,9 +10,11 @@ namespace {
 
 template <class T>
 constexpr Kernels<T> kernels_of() {
-  return {&layer_norm_forward<T>,       &layer_norm_backward<T>,       &batch_norm_infer_forward<T>,
-          &batch_norm_grad_sums<T>,     &batch_norm_backward_apply<T>, &batch_norm_train_forward<T>,
-          &batch_norm_train_backward<T>};
+  return {&layer_norm_forward<T>,        &layer_norm_backward<T>,
+          &batch_norm_infer_forward<T>,  &batch_norm_grad_sums<T>,
+          &batch_norm_backward_apply<T>, &batch_norm_train_forward<T>,
+          &batch_norm_train_backward<T>, &batch_norm_update_running<T>,
+          &batch_norm_grad_scale<T>,     &batch_norm_grad_params<T>};
 }
 
 }  // namespace

@@ -48,6 +48,21 @@ template <class T>
 using BatchNormTrainBackwardFn = void (*)(T* dx, double* sum_dy, double* sum_dy_xhat, const T* dy,
                                           const T* x, const T* mean, const T* invstd, const T* k,
                                           int64_t n, int64_t c, int64_t s);
+// Per-channel bookkeeping (c channels): the running statistics' update,
+//   running_mean = (1 - momentum) * running_mean + momentum * batch_mean,
+//   running_var = (1 - momentum) * running_var + momentum * batch_var * unbias;
+// the backward's scale = gamma * invstd (gamma may be nullptr); and dgamma = sum_dy_xhat,
+// dbeta = sum_dy rounded to T.
+template <class T>
+using BatchNormUpdateRunningFn = void (*)(T* running_mean, T* running_var, const double* batch_mean,
+                                          const double* batch_var, double momentum, double unbias,
+                                          int64_t c);
+template <class T>
+using BatchNormGradScaleFn = void (*)(T* scale, const T* gamma, const T* invstd, int64_t c);
+template <class T>
+using BatchNormGradParamsFn = void (*)(T* dgamma, T* dbeta, const double* sum_dy_xhat,
+                                       const double* sum_dy, int64_t c);
+
 // One ISA build's kernels, for one dtype.
 template <class T>
 struct Kernels {
@@ -58,6 +73,9 @@ struct Kernels {
   BatchNormBackwardApplyFn<T> batch_norm_backward_apply;
   BatchNormTrainForwardFn<T> batch_norm_train_forward;
   BatchNormTrainBackwardFn<T> batch_norm_train_backward;
+  BatchNormUpdateRunningFn<T> batch_norm_update_running;
+  BatchNormGradScaleFn<T> batch_norm_grad_scale;
+  BatchNormGradParamsFn<T> batch_norm_grad_params;
 };
 
 struct KernelTable {

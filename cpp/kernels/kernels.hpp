@@ -43,5 +43,18 @@ template <class T>
 void batch_norm_train_backward(T* dx, double* sum_dy, double* sum_dy_xhat, const T* dy, const T* x,
                                const T* mean, const T* invstd, const T* k, int64_t n, int64_t c,
                                int64_t s);
+
+// BatchNorm's per-channel bookkeeping; see batch_norm_channels.cpp.
+
+template <class T>
+void batch_norm_update_running(T* running_mean, T* running_var, const double* batch_mean,
+                               const double* batch_var, double momentum, double unbias, int64_t c);
+
+template <class T>
+void batch_norm_grad_scale(T* scale, const T* gamma, const T* invstd, int64_t c);
+
+template <class T>
+void batch_norm_grad_params(T* dgamma, T* dbeta, const double* sum_dy_xhat, const double* sum_dy,
+                            int64_t c);
 }  // namespace NORMKIT_CPU_NS
 }  // namespace normkit
