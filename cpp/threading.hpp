@@ -88,21 +88,22 @@ int64_t parallel_for(int64_t n_tasks, int64_t elements_per_task, const F& f) {
 }
 
 // Calls f(t, team) on each of `threads` threads at once (t in [0, team)), so that they may wait
-// for each other in team_barrier(); one thread: f(0, 1) inline.
+// for each other in team_barrier(). Always in a parallel region of its own, of one thread too:
+// an orphaned barrier binds to the innermost enclosing region, which must be this one, not one
+// of a caller that runs the kernel from its own OpenMP threads.
 template <class F>
 void parallel_team(int64_t threads, const F& f) {
 #ifdef _OPENMP
-  if (threads > 1) {
 #pragma omp parallel num_threads(static_cast<int>(threads))
-    f(int64_t{omp_get_thread_num()}, int64_t{omp_get_num_threads()});
-    note_region_end();
-    return;
-  }
-#endif
+  f(int64_t{omp_get_thread_num()}, int64_t{omp_get_num_threads()});
+  if (threads > 1) note_region_end();
+#else
+  (void)threads;
   f(int64_t{0}, int64_t{1});
+#endif
 }
 
-// Waits until every thread of the parallel_team calling it has reached it (no-op on one).
+// Waits until every thread of the parallel_team calling it has reached it.
 inline void team_barrier() {
 #ifdef _OPENMP
 #pragma omp barrier
