@@ -644,26 +644,6 @@ void apply_run(T* y, const T* x, T mean, T scale, T shift, int64_t n) {
       [&](int64_t j) { return fma_scalar(x[j] - mean, scale, shift); });
 }
 
-// y = (x - mean) * scale + shift over the runs [t0, t1) of the runs layout, the arrays given per
-// channel; kAhead: x prefetched kAheadValues on.
-template <class T, bool kStream, bool kAhead = kStream>
-void apply_runs(T* y, const T* x, const T* mean, const T* scale, const T* shift, const Shape& sh,
-                int64_t t0, int64_t t1) {
-  using V = Vec<T>;
-  // The vector lambdas capture the arrays' pointers by value: a vector store may alias anything
-  // (GCC's vector types are may_alias), and pointers read through this task's captured
-  // references were loaded again for every vector (five per vector in the column layout's dx).
-  // 1024x1024 float32 inference, 1 / 2 threads: 0.233 -> 0.209 / 0.145 -> 0.113 ms; training
-  // forward 0.401 -> 0.368 / 0.263 -> 0.235 (Zen 3, AVX2).
-  runs_elementwise<T, kStream, 3>(
-      y, sh, t0, t1, {mean, scale, shift},
-      [&, x = x](int64_t j, const V(&k)[3]) {
-        if constexpr (kAhead) __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
-        return fmadd(V::load(x + j) - k[0], k[1], k[2]);
-      },
-      [&](int64_t j, int64_t ch) { return fma_scalar(x[j] - mean[ch], scale[ch], shift[ch]); });
-}
-
 // y = (x - mean) * scale + shift over n values of a row of the column layout, the arrays given
 // per column; kAhead: x prefetched kAheadValues on.
 template <class T, bool kStream, bool kAhead = kStream>
@@ -671,7 +651,7 @@ void apply_columns(T* y, const T* x, const T* mean, const T* scale, const T* shi
   using V = Vec<T>;
   elementwise<T, kStream>(
       y, n,
-      [=](int64_t j) {  // (pointers by value: see apply_runs)
+      [=](int64_t j) {  // (pointers by value: see apply_impl)
         if constexpr (kAhead) __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
         return fmadd(V::load(x + j) - V::load(mean + j), V::load(scale + j), V::load(shift + j));
       },
@@ -682,9 +662,21 @@ void apply_columns(T* y, const T* x, const T* mean, const T* scale, const T* shi
 // arrays are given per column).
 template <class T, bool kStream>
 void apply_impl(T* y, const T* x, const T* mean, const T* scale, const T* shift, const Shape& sh) {
+  using V = Vec<T>;
   if (!sh.columns()) {
     parallel_for(sh.n * sh.c, sh.s, [&](int64_t t0, int64_t t1) {
-      apply_runs<T, kStream>(y, x, mean, scale, shift, sh, t0, t1);
+      // The vector lambdas capture the arrays' pointers by value: a vector store may alias
+      // anything (GCC's vector types are may_alias), and pointers read through this task's
+      // captured references were loaded again for every vector (five per vector in the column
+      // layout's dx). 1024x1024 float32 inference, 1 / 2 threads: 0.233 -> 0.209 / 0.145 ->
+      // 0.113 ms; training forward 0.401 -> 0.368 / 0.263 -> 0.235 (Zen 3, AVX2).
+      runs_elementwise<T, kStream, 3>(
+          y, sh, t0, t1, {mean, scale, shift},
+          [&, x = x](int64_t j, const V(&k)[3]) {
+            if constexpr (kStream) __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
+            return fmadd(V::load(x + j) - k[0], k[1], k[2]);
+          },
+          [&](int64_t j, int64_t ch) { return fma_scalar(x[j] - mean[ch], scale[ch], shift[ch]); });
       if constexpr (kStream) stream_fence();
     });
     return;
@@ -724,7 +716,7 @@ void train_dx_runs(T* dx, const T* dy, const T* x, const T* mean, const T* invst
   using V = Vec<T>;
   runs_elementwise<T, kStream, 5>(
       dx, sh, t0, t1, {mean, invstd, k, a, nb},
-      [&, x = x, dy = dy](int64_t j, const V(&kv)[5]) {  // (by value: see apply_runs)
+      [&, x = x, dy = dy](int64_t j, const V(&kv)[5]) {  // (by value: see apply_impl)
         if constexpr (kAhead) {
           __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
           __builtin_prefetch(dy + j + kAheadValues<T>, 0, 2);
@@ -746,7 +738,7 @@ void train_dx_columns(T* dx, const T* dy, const T* x, const T* mean, const T* in
   using V = Vec<T>;
   elementwise<T, kStream>(
       dx, n,
-      [=](int64_t j) {  // (pointers by value: see apply_runs)
+      [=](int64_t j) {  // (pointers by value: see apply_impl)
         if constexpr (kAhead) {
           __builtin_prefetch(x + j + kAheadValues<T>, 0, 2);
           __builtin_prefetch(dy + j + kAheadValues<T>, 0, 2);
@@ -778,7 +770,7 @@ void backward_apply_impl(T* dx, const T* dy, const T* x, const T* mean, const T*
       } else {
         runs_elementwise<T, kStream, 1>(
             dx, sh, t0, t1, {k},
-            [&, dy = dy](int64_t j, const V(&kv)[1]) {  // (by value: see apply_runs)
+            [&, dy = dy](int64_t j, const V(&kv)[1]) {  // (by value: see apply_impl)
               if constexpr (kStream) __builtin_prefetch(dy + j + kAheadValues<T>, 0, 2);
               return V::load(dy + j) * kv[0];
             },
