@@ -90,9 +90,11 @@ int64_t parallel_for(int64_t n_tasks, int64_t elements_per_task, const F& f) {
 // Calls f(t, team) on each of `threads` threads at once (t in [0, team)), so that they may wait
 // for each other in team_barrier(). Always in a parallel region of its own, of one thread too:
 // an orphaned barrier binds to the innermost enclosing region, which must be this one, not one
-// of a caller that runs the kernel from its own OpenMP threads.
+// of a caller that runs the kernel from its own OpenMP threads. threads < 1 (team_size's "run
+// inline") counts as one.
 template <class F>
 void parallel_team(int64_t threads, const F& f) {
+  if (threads < 1) threads = 1;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(static_cast<int>(threads))
   f(int64_t{omp_get_thread_num()}, int64_t{omp_get_num_threads()});
