@@ -88,8 +88,8 @@ long long stream_threshold_bytes() {
   static const long long bytes = [] {
     long long llc = last_level_cache_bytes();
     if (llc <= 0) llc = 32ll << 20;
-    const long long quarter = llc / 4;
-    return quarter<(8ll << 20) ? 8ll << 20 : quarter>(64ll << 20) ? 64ll << 20 : quarter;
+    const long long eighth = llc / 8;
+    return eighth<(8ll << 20) ? 8ll << 20 : eighth>(64ll << 20) ? 64ll << 20 : eighth;
   }();
   return bytes;
 }
