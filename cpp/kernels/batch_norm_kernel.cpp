@@ -1251,8 +1251,18 @@ bool by_channel(const Shape& sh, int64_t inputs) {
 // 16-42 channels), so they stay on the whole-array passes, as does the training forward (one
 // array read twice): 256x256x14x14 6.0-6.6 ms whole-array, 6.4-6.7 by blocks of 4 KiB of runs,
 // 6.7-8.6 by blocks of 2, 8 or 16 KiB. Both passes one image at a time, the next block's sums
-// fused into this block's dx pass, measured 5-25 % slower. Not measured on AVX-512 machines,
-// where by_channel takes such runs on two threads already.
+// fused into this block's dx pass, measured 5-25 % slower.
+// The AVX-512 build, measured on a 2-core VM of a Xeon (Sapphire Rapids: 2 MiB L2, DDR5), takes
+// channel blocks before by_channel, for runs of 512 B up to kChunk values, as soon as x and dy
+// are larger than the threads' L2 caches together: there they beat by_channel and the
+// whole-array passes on every shape tried, 1 and 2 threads (float32, medians of 9-41, 2
+// threads, whole-array / by_channel / blocks: 256x256x14x14 7.9-8.9 / 10.7-10.9 / 7.1-8.4 ms;
+// 32x64x56x56 4.1-4.3 / 4.4-4.8 / 3.2-3.3; 64x256x28x28 9.0-9.4 / 7.6-7.8 / 6.4-6.5;
+// 32x64x28x28 0.8-1.2 / 0.7-1.0 / 0.65-0.68; 1 thread, whole-array / blocks: 32x64x56x56
+// 9.3-9.4 / 6.5-7.0, 32x64x28x28 1.7-1.9 / 1.2-1.25, 16x128x14x14 0.38-0.39 / 0.27-0.30). With
+// x and dy within the L2s (8x32x14x14 on 2 threads) the barriers cost more than they save.
+// The rules for by_channel came from Zen 4 (AVX-512) and Zen 3 before channel blocks existed;
+// on the other builds the blocks keep to what by_channel does not take.
 constexpr int64_t kBlockRunBytes = 4096;
 constexpr int64_t kMinBlockRunBytes = 512;
 constexpr int64_t kMinImagesPerThread = 4;
@@ -1265,28 +1275,30 @@ int64_t block_channels(const Shape& sh) {
   return g < sh.c ? g : sh.c;
 }
 
-// Whether the training backward goes by channel blocks (see kBlockRunBytes) where by_channel
-// does not: x and dy are larger than the last-level cache, two blocks of them fit in it, their
-// runs are at least kMinBlockRunBytes long (a single unit each), and there are at least
-// kMinImagesPerThread images per thread (the threads split a block's images; the whole-array
-// passes split its runs, and so keep both threads busy on a batch of one).
+// Whether the training backward goes by channel blocks (see kBlockRunBytes): x and dy are
+// larger than the threads' L2 caches together (AVX-512 build) or than the last-level cache
+// (other builds, where by_channel does not take them), two blocks of them fit in the last-level
+// cache, their runs are at least kMinBlockRunBytes long (a single unit each), and there are at
+// least kMinImagesPerThread images per thread (the threads split a block's images; the
+// whole-array passes split its runs, and so keep both threads busy on a batch of one).
 template <class T>
 bool by_channel_block(const Shape& sh) {
-#if defined(__AVX512F__)
-  (void)sh;
-  return false;
-#else
   const int64_t image_bytes = 2 * sh.s * int64_t{sizeof(T)};  // of a channel's x and dy
   const int64_t llc = last_level_cache_bytes();
-  return !sh.columns() && sh.s <= kChunk && sh.s * int64_t{sizeof(T)} >= kMinBlockRunBytes &&
-         stream_output<T>(sh) && image_bytes * sh.n * sh.c > llc &&
-         2 * image_bytes * sh.n * block_channels<T>(sh) <= llc &&
-         sh.n >= kMinImagesPerThread * get_num_threads();
+  const int64_t threads = get_num_threads();
+#if defined(__AVX512F__)
+  const bool beyond = image_bytes * sh.n * sh.c > threads * l2_cache_bytes();
+#else
+  const bool beyond =
+      stream_output<T>(sh) && image_bytes * sh.n * sh.c > llc && !by_channel<T>(sh, 2);
 #endif
+  return !sh.columns() && sh.s <= kChunk && sh.s * int64_t{sizeof(T)} >= kMinBlockRunBytes &&
+         beyond && 2 * image_bytes * sh.n * block_channels<T>(sh) <= llc &&
+         sh.n >= kMinImagesPerThread * threads;
 }
 
-// The training backward by channel blocks (see kBlockRunBytes).
-template <class T>
+// The training backward by channel blocks (see kBlockRunBytes); dx streamed with kStream.
+template <class T, bool kStream>
 void train_backward_by_channel_block(T* dx, double* sum_dy, double* sum_dy_xhat, const T* dy,
                                      const T* x, const T* mean, const T* invstd, const T* k,
                                      const Shape& sh) {
@@ -1324,10 +1336,10 @@ void train_backward_by_channel_block(T* dx, double* sum_dy, double* sum_dy_xhat,
         nb[ch] = -static_cast<T>(s_dyx / count);
       }
       for (int64_t i = i0; i < i1; ++i)
-        train_dx_runs<T, true, false>(dx, dy, x, mean, invstd, k, a, nb, sh, i * c + c0,
-                                      i * c + c1);
+        train_dx_runs<T, kStream, false>(dx, dy, x, mean, invstd, k, a, nb, sh, i * c + c0,
+                                         i * c + c1);
     }
-    stream_fence();
+    if constexpr (kStream) stream_fence();
   });
 }
 
@@ -1577,12 +1589,16 @@ void batch_norm_train_backward(T* dx, double* sum_dy, double* sum_dy_xhat, const
     for (int64_t ch = 0; ch < c; ++ch) sum_dy[ch] = sum_dy_xhat[ch] = 0.0;
     return;
   }
-  if (by_channel<T>(sh, 2)) {
-    train_backward_by_channel(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, k, sh);
+  if (by_channel_block<T>(sh)) {
+    if (stream_output<T>(sh))
+      train_backward_by_channel_block<T, true>(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, k, sh);
+    else
+      train_backward_by_channel_block<T, false>(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, k,
+                                                sh);
     return;
   }
-  if (by_channel_block<T>(sh)) {
-    train_backward_by_channel_block(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, k, sh);
+  if (by_channel<T>(sh, 2)) {
+    train_backward_by_channel(dx, sum_dy, sum_dy_xhat, dy, x, mean, invstd, k, sh);
     return;
   }
   if (const Shape table = folded<T>(sh); by_column_group(table)) {
