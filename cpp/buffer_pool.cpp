@@ -13,8 +13,14 @@ namespace normkit {
 namespace {
 
 constexpr std::size_t kHugePage = std::size_t{2} << 20;
+constexpr std::size_t kSmallGrain = std::size_t{64} << 10;
 
-std::size_t rounded(std::size_t bytes) { return (bytes + kHugePage - 1) / kHugePage * kHugePage; }
+// Blocks of whole huge pages; below one huge page, of whole 64 KiB (a 200 KB output does not
+// hold 2 MiB).
+std::size_t grain(std::size_t bytes) { return bytes >= kHugePage ? kHugePage : kSmallGrain; }
+std::size_t rounded(std::size_t bytes) {
+  return (bytes + grain(bytes) - 1) / grain(bytes) * grain(bytes);
+}
 
 struct Pool {
   std::mutex mutex;
@@ -43,10 +49,10 @@ void* pool_acquire(std::size_t bytes) {
       return block;
     }
   }
-  void* block = std::aligned_alloc(kHugePage, size);
+  void* block = std::aligned_alloc(grain(size), size);
   if (!block) throw std::bad_alloc();
 #ifdef __linux__
-  madvise(block, size, MADV_HUGEPAGE);  // fewer, larger page faults on first touch
+  if (size >= kHugePage) madvise(block, size, MADV_HUGEPAGE);  // fewer, larger page faults
 #endif
   return block;
 }

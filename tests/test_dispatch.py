@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import normkit
+import numpy as np
 import pytest
 from conftest import ISAS, run_python
 
@@ -21,6 +22,29 @@ def test_info_fields():
     assert info["version"] == normkit.__version__
     assert isinstance(info["openmp"], bool)
     assert 8 << 20 <= info["stream_threshold_bytes"] <= 64 << 20
+
+
+def test_outputs_from_128_kib_reuse_cached_memory():
+    # An output of 128 KiB or more goes back to normkit's cache when freed (rounded up to
+    # 64 KiB below 2 MiB, to 2 MiB above), and the next output of its size takes it from there.
+    normkit.release_cached_memory()
+    assert normkit.info()["cached_bytes"] == 0
+    small = np.ones((8, 1023), np.float32)  # 32 KiB: a plain allocation
+    del small
+    cached = 0
+    for nbytes, block in ((8 * 512 * 49 * 4, 13 << 16), (5 << 20, 6 << 20)):
+        x = np.ones(nbytes // 4, np.float32).reshape(8, -1)
+        y = normkit.layer_norm(x)
+        assert normkit.info()["cached_bytes"] == cached
+        del y
+        assert normkit.info()["cached_bytes"] == cached + block
+        y = normkit.layer_norm(x)  # the cached block again
+        assert normkit.info()["cached_bytes"] == cached
+        np.testing.assert_allclose(y, 0.0)
+        del y
+        cached += block
+    assert normkit.release_cached_memory() == cached
+    assert normkit.info()["cached_bytes"] == 0
 
 
 def run_with_openmp_env(code, env):

@@ -30,7 +30,7 @@ def set_num_threads(n: int) -> None:
 def release_cached_memory() -> int:
     """Free the output buffers normkit keeps for reuse; returns the bytes freed.
 
-    Outputs of 1 MiB or more are allocated from a cache: when such an array is freed its
+    Outputs of 128 KiB or more are allocated from a cache: when such an array is freed its
     memory is kept (up to 1 GiB in all) for the next call of the same size, which then skips
     the page faults of fresh memory. Call this to hand that memory back to the system.
     """
