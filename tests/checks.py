@@ -1,6 +1,9 @@
 """Compact correctness checks, importable from tests and runnable in a subprocess
 (``python -c "import checks; checks.run_all()"``) under a forced ISA or under qemu."""
 
+from collections import OrderedDict
+from functools import partial
+
 import normkit
 import numpy as np
 from normkit import reference
@@ -11,7 +14,11 @@ RTOL = {np.float32: 2e-6, np.float64: 1e-13}
 
 
 def _wide(a):
-    return None if a is None else np.asarray(a, np.longdouble)
+    """``a`` in the reference's precision: float64 for float32 data, np.longdouble for float64."""
+    if a is None:
+        return None
+    a = np.asarray(a)
+    return a.astype(np.float64 if a.dtype == np.float32 else np.longdouble)
 
 
 def ref_forward(x, gamma, beta, eps=1e-5, axis=-1):
@@ -49,102 +56,166 @@ def sum_scale(abs_sums):
 
 
 def assert_close(actual, expected, dtype, what, scale=None):
-    actual = np.asarray(actual, np.longdouble)
-    expected = np.asarray(expected, np.longdouble)
+    wide = np.float64 if dtype == np.float32 else np.longdouble
+    actual = np.asarray(actual, wide)
+    expected = np.asarray(expected, wide)
     scale = float(np.max(np.abs(expected), initial=0.0)) if scale is None else scale
     scale = max(scale, 1e-300)
     err = float(np.max(np.abs(actual - expected))) / scale if actual.size else 0.0
     assert err <= RTOL[dtype], f"{what}: relative error {err:.3g} > {RTOL[dtype]:.1g}"
 
 
-def check_layer_norm(shape, dtype, mean_offset=0.0, affine=True, seed=0):
+_MEMO: OrderedDict = OrderedDict()
+
+
+def _memo(key, compute):
+    """compute(), remembered under ``key`` for the next few calls. A case's inputs and float64
+    reference results are the same under every ISA (conftest runs a case's ISAs one after
+    another), so they are computed once; a backward reference, taken at the statistics normkit
+    returned, is keyed by their bytes too. The results are read-only."""
+    if key in _MEMO:
+        _MEMO.move_to_end(key)
+        return _MEMO[key]
+    value = compute()
+    for a in value:
+        if isinstance(a, np.ndarray):
+            a.flags.writeable = False
+    _MEMO[key] = value
+    while len(_MEMO) > 6:
+        _MEMO.popitem(last=False)
+    return value
+
+
+def _inputs(shape, dtype, c, mean_offset, affine, seed, x_std=1.0):
+    """x, dy, gamma, beta, running_mean, running_var of a case (c values per parameter)."""
     rng = np.random.default_rng(seed)
-    d = shape[-1]
-    x = (rng.standard_normal(shape) + mean_offset).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
-    gamma = rng.standard_normal(d).astype(dtype) if affine else None
-    beta = rng.standard_normal(d).astype(dtype) if affine else None
-
-    y, mean, rstd = normkit.layer_norm_forward(x, gamma, beta)
-    y_ref, mean_ref, rstd_ref = ref_forward(x, gamma, beta)
-    scale = y_scale(y_ref, mean_ref, rstd_ref, dtype)
-    assert_close(y, y_ref, dtype, f"y {shape} {dtype.__name__}", scale=scale)
-    # A mean is a sum: its error is bounded relative to the mean of |x| (cancellation).
-    assert_close(
-        mean,
-        mean_ref,
-        dtype,
-        "mean",
-        scale=sum_scale(np.abs(_wide(x)).mean(axis=-1, keepdims=True)),
-    )
-    assert_close(rstd, rstd_ref, dtype, "rstd")
-
-    dx, dgamma, dbeta = normkit.layer_norm_backward(dy, x, mean, rstd, gamma)
-    # The backward is checked at the statistics it was given (those of the forward).
-    dx_ref, dgamma_ref, dbeta_ref = ref_backward(dy, x, mean, rstd, gamma)
-    g = _wide(dy) * (_wide(gamma) if affine else 1.0)
-    terms = float(np.max(np.abs(g) * _wide(rstd)[..., None], initial=0.0))
-    assert_close(dx, dx_ref, dtype, f"dx {shape} {dtype.__name__}", scale=dx_scale(dx_ref, terms))
-    if affine:
-        xhat = (_wide(x) - _wide(mean)[..., None]) * _wide(rstd)[..., None]
-        batch_axes = tuple(range(x.ndim - 1))
-        assert_close(
-            dgamma,
-            dgamma_ref,
-            dtype,
-            "dgamma",
-            scale=sum_scale(np.abs(_wide(dy) * xhat).sum(axis=batch_axes)),
-        )
-        assert_close(
-            dbeta,
-            dbeta_ref,
-            dtype,
-            "dbeta",
-            scale=sum_scale(np.abs(_wide(dy)).sum(axis=batch_axes)),
-        )
-    else:
-        assert dgamma is None and dbeta is None
-
-
-def check_batch_norm(shape, axis, dtype, mean_offset=0.0, affine=True, seed=0):
-    """Training forward + backward and eval forward + backward against the reference."""
-    rng = np.random.default_rng(seed)
-    c = shape[axis]
-    x = (rng.standard_normal(shape) * 2 + mean_offset).astype(dtype)
+    x = (rng.standard_normal(shape) * x_std + mean_offset).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     gamma = rng.standard_normal(c).astype(dtype) if affine else None
     beta = rng.standard_normal(c).astype(dtype) if affine else None
     running_mean = rng.standard_normal(c).astype(dtype) + mean_offset
     running_var = rng.uniform(0.5, 2.0, c).astype(dtype)
-    what = f"{shape} axis={axis} {dtype.__name__}"
+    return x, dy, gamma, beta, running_mean, running_var
 
+
+def _layer_norm_forward_reference(x, gamma, beta):
+    """The float64 forward of check_layer_norm's case, with the scales its checks use."""
+    y_ref, mean_ref, rstd_ref = ref_forward(x, gamma, beta)
+    # A mean is a sum: its error is bounded relative to the mean of |x| (cancellation).
+    mean_sc = sum_scale(np.abs(_wide(x)).mean(axis=-1, keepdims=True))
+    return y_ref, mean_ref, rstd_ref, y_scale(y_ref, mean_ref, rstd_ref, x.dtype), mean_sc
+
+
+def _layer_norm_backward_reference(dy, x, mean, rstd, gamma):
+    """The float64 backward at normkit's statistics, with the scales check_layer_norm uses."""
+    dx_ref, dgamma_ref, dbeta_ref = ref_backward(dy, x, mean, rstd, gamma)
+    g = _wide(dy) * (1.0 if gamma is None else _wide(gamma))
+    terms = float(np.max(np.abs(g) * _wide(rstd)[..., None], initial=0.0))
+    scales = [dx_scale(dx_ref, terms), None, None]
+    if gamma is not None:
+        xhat = (_wide(x) - _wide(mean)[..., None]) * _wide(rstd)[..., None]
+        batch_axes = tuple(range(x.ndim - 1))
+        scales[1] = sum_scale(np.abs(_wide(dy) * xhat).sum(axis=batch_axes))
+        scales[2] = sum_scale(np.abs(_wide(dy)).sum(axis=batch_axes))
+    return dx_ref, dgamma_ref, dbeta_ref, *scales
+
+
+def check_layer_norm(shape, dtype, mean_offset=0.0, affine=True, seed=0):
+    case = ("layer_norm", shape, dtype, mean_offset, affine, seed)
+    x, dy, gamma, beta, _, _ = _memo(
+        case, partial(_inputs, shape, dtype, shape[-1], mean_offset, affine, seed)
+    )
+    y, mean, rstd = normkit.layer_norm_forward(x, gamma, beta)
+    y_ref, mean_ref, rstd_ref, y_sc, mean_sc = _memo(
+        (*case, "forward"), partial(_layer_norm_forward_reference, x, gamma, beta)
+    )
+    assert_close(y, y_ref, dtype, f"y {shape} {dtype.__name__}", scale=y_sc)
+    assert_close(mean, mean_ref, dtype, "mean", scale=mean_sc)
+    assert_close(rstd, rstd_ref, dtype, "rstd")
+
+    # The backward is checked at the statistics it was given (those of the forward).
+    dx, dgamma, dbeta = normkit.layer_norm_backward(dy, x, mean, rstd, gamma)
+    dx_ref, dgamma_ref, dbeta_ref, *scales = _memo(
+        (*case, "backward", mean.tobytes(), rstd.tobytes()),
+        partial(_layer_norm_backward_reference, dy, x, mean, rstd, gamma),
+    )
+    assert_close(dx, dx_ref, dtype, f"dx {shape} {dtype.__name__}", scale=scales[0])
+    if affine:
+        assert_close(dgamma, dgamma_ref, dtype, "dgamma", scale=scales[1])
+        assert_close(dbeta, dbeta_ref, dtype, "dbeta", scale=scales[2])
+    else:
+        assert dgamma is None and dbeta is None
+
+
+def _batch_norm_forward_reference(x, gamma, beta, running_mean, running_var, training, axis):
+    """The float64 forward of check_batch_norm's case, with the scales its checks use."""
+    rm_ref, rv_ref = _wide(running_mean), _wide(running_var)  # (updated in place)
+    y_ref, mean_ref, invstd_ref = reference.batch_norm_forward(
+        _wide(x),
+        rm_ref,
+        rv_ref,
+        _wide(gamma),
+        _wide(beta),
+        training=training,
+        momentum=0.2,
+        axis=axis,
+    )
+    y_sc = y_scale(y_ref, mean_ref, invstd_ref, x.dtype)
+    other_axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    mean_sc = sum_scale(np.abs(_wide(x)).mean(axis=other_axes)) if training else None
+    return y_ref, mean_ref, invstd_ref, rm_ref, rv_ref, y_sc, mean_sc
+
+
+def _batch_norm_backward_reference(dy, x, mean, invstd, gamma, training, axis):
+    """The float64 backward at normkit's statistics, with the scales check_batch_norm uses."""
+    dx_ref, dgamma_ref, dbeta_ref = reference.batch_norm_backward(
+        _wide(dy),
+        _wide(x),
+        _wide(mean),
+        _wide(invstd),
+        _wide(gamma),
+        training=training,
+        axis=axis,
+    )
+    per_channel = [-1 if a == axis % x.ndim else 1 for a in range(x.ndim)]
+    other_axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    k = np.abs(_wide(invstd) * (1.0 if gamma is None else _wide(gamma))).reshape(per_channel)
+    terms = float(np.max(k * np.abs(_wide(dy))))
+    scales = [dx_scale(dx_ref, terms), None, None]
+    if gamma is not None:
+        xhat = (_wide(x) - _wide(mean).reshape(per_channel)) * _wide(invstd).reshape(per_channel)
+        scales[1] = sum_scale(np.abs(_wide(dy) * xhat).sum(axis=other_axes))
+        scales[2] = sum_scale(np.abs(_wide(dy)).sum(axis=other_axes))
+    return dx_ref, dgamma_ref, dbeta_ref, *scales
+
+
+def check_batch_norm(shape, axis, dtype, mean_offset=0.0, affine=True, seed=0):
+    """Training forward + backward and eval forward + backward against the reference."""
+    case = ("batch_norm", shape, axis, dtype, mean_offset, affine, seed)
+    x, dy, gamma, beta, running_mean, running_var = _memo(
+        case, partial(_inputs, shape, dtype, shape[axis], mean_offset, affine, seed, x_std=2.0)
+    )
+    what = f"{shape} axis={axis} {dtype.__name__}"
     for training in (True, False):
         rm, rv = running_mean.copy(), running_var.copy()
         y, mean, invstd = normkit.batch_norm_forward(
             x, rm, rv, gamma, beta, training=training, momentum=0.2, axis=axis
         )
-        rm_ref, rv_ref = _wide(running_mean), _wide(running_var)
-        y_ref, mean_ref, invstd_ref = reference.batch_norm_forward(
-            _wide(x),
-            rm_ref,
-            rv_ref,
-            _wide(gamma),
-            _wide(beta),
-            training=training,
-            momentum=0.2,
-            axis=axis,
+        y_ref, mean_ref, invstd_ref, rm_ref, rv_ref, y_sc, mean_sc = _memo(
+            (*case, training, "forward"),
+            partial(
+                _batch_norm_forward_reference,
+                x,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                training,
+                axis,
+            ),
         )
-        assert_close(
-            y, y_ref, dtype, f"y {what}", scale=y_scale(y_ref, mean_ref, invstd_ref, dtype)
-        )
-        other = tuple(a for a in range(len(shape)) if a != axis % len(shape))
-        assert_close(
-            mean,
-            mean_ref,
-            dtype,
-            f"mean {what}",
-            scale=sum_scale(np.abs(_wide(x)).mean(axis=other)) if training else None,
-        )
+        assert_close(y, y_ref, dtype, f"y {what}", scale=y_sc)
+        assert_close(mean, mean_ref, dtype, f"mean {what}", scale=mean_sc)
         assert_close(invstd, invstd_ref, dtype, f"invstd {what}")
         assert_close(rm, rm_ref, dtype, f"running_mean {what}")
         assert_close(rv, rv_ref, dtype, f"running_var {what}")
@@ -152,40 +223,14 @@ def check_batch_norm(shape, axis, dtype, mean_offset=0.0, affine=True, seed=0):
         dx, dgamma, dbeta = normkit.batch_norm_backward(
             dy, x, mean, invstd, gamma, training=training, axis=axis
         )
-        dx_ref, dgamma_ref, dbeta_ref = reference.batch_norm_backward(
-            _wide(dy),
-            _wide(x),
-            _wide(mean),
-            _wide(invstd),
-            _wide(gamma),
-            training=training,
-            axis=axis,
+        dx_ref, dgamma_ref, dbeta_ref, *scales = _memo(
+            (*case, training, "backward", mean.tobytes(), invstd.tobytes()),
+            partial(_batch_norm_backward_reference, dy, x, mean, invstd, gamma, training, axis),
         )
-        per_channel = [-1 if a == axis % len(shape) else 1 for a in range(len(shape))]
-        k = np.abs(_wide(invstd) * (_wide(gamma) if affine else 1.0)).reshape(per_channel)
-        terms = float(np.max(k * np.abs(_wide(dy))))
-        assert_close(
-            dx, dx_ref, dtype, f"dx {what} training={training}", scale=dx_scale(dx_ref, terms)
-        )
+        assert_close(dx, dx_ref, dtype, f"dx {what} training={training}", scale=scales[0])
         if affine:
-            other_axes = tuple(a for a in range(len(shape)) if a != axis % len(shape))
-            xhat = (_wide(x) - _wide(mean).reshape(per_channel)) * _wide(invstd).reshape(
-                per_channel
-            )
-            assert_close(
-                dgamma,
-                dgamma_ref,
-                dtype,
-                f"dgamma {what}",
-                scale=sum_scale(np.abs(_wide(dy) * xhat).sum(axis=other_axes)),
-            )
-            assert_close(
-                dbeta,
-                dbeta_ref,
-                dtype,
-                f"dbeta {what}",
-                scale=sum_scale(np.abs(_wide(dy)).sum(axis=other_axes)),
-            )
+            assert_close(dgamma, dgamma_ref, dtype, f"dgamma {what}", scale=scales[1])
+            assert_close(dbeta, dbeta_ref, dtype, f"dbeta {what}", scale=scales[2])
         else:
             assert dgamma is None and dbeta is None
 
