@@ -286,6 +286,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("spin_time_ns", &normkit::spin_time_ns,
         "How long OpenMP threads surely spin after a parallel region, in ns (counted low): small "
         "kernels called back to back within it use them.");
+  m.def("ns_per_spin", &normkit::ns_per_spin,
+        "One spin of an idle OpenMP thread in ns, as spin_time_ns counts it (timed once: half "
+        "the fastest of a few timings of the CPU's pause, at least 1 ns).");
   m.def("active_isa", [] { return std::string(normkit::isa_name(normkit::active_isa())); });
   m.def("available_isas", &available_isa_names);
   m.def(

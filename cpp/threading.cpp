@@ -9,6 +9,10 @@
 #include <string>
 #include <thread>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace normkit {
 namespace {
 
@@ -86,15 +90,41 @@ thread_local int loops_back_to_back = 0;
 
 bool threads_spin() { return kSpinCount > 0; }
 
-// One spin (a `pause` and a load) counted as 1 ns: shorter than on any x86-64 CPU, so the time
-// reckoned never outlasts the spinning (libgomp's 5000 spins took about 0.1 ms here). Libgomp
-// spins at most 1000 times when it has more threads than the machine has cores.
+// One spin of libgomp's wait loop (a `pause` and a load), in ns: the fastest of five timings of
+// 64 pauses, counted at half (a core may run faster later than while it was timed), and at
+// least 1 ns. Timed once, in about 10 us. A pause takes 26 ns on this Sapphire Rapids VM
+// (libgomp's 5000 spins: 0.13 ms), a few ns on older cores. Counted at 1 ns per spin as before,
+// normkit took its threads to be asleep between calls from Python (5 us) while they still
+// spun, and kept mid-size kernels on one thread: through Python, 2 threads, medians of 9 in
+// separate processes, 8x512x7x7 float32 BatchNorm inference 65-72 -> 40-47 us (a few runs at
+// 57-74: this VM's noise), 256x768 LayerNorm forward 73-91 -> 32-43 (some at 58-84). Other
+// CPUs: 1 ns.
+double ns_per_spin() {
+  static const double ns = [] {
+    double fastest = 1.0;
+#if defined(__x86_64__) || defined(__i386__)
+    constexpr int kPauses = 64;
+    fastest = std::numeric_limits<double>::max();
+    for (int run = 0; run < 5; ++run) {
+      const int64_t t0 = now_ns();
+      for (int i = 0; i < kPauses; ++i) _mm_pause();
+      const double each = static_cast<double>(now_ns() - t0) / kPauses;
+      if (each < fastest) fastest = each;
+    }
+#endif
+    return fastest / 2 > 1.0 ? fastest / 2 : 1.0;
+  }();
+  return ns;
+}
+
+// Libgomp spins at most 1000 times when it has more threads than the machine has cores.
 int64_t spin_time_ns() {
   unsigned long long spins = kSpinCount;
   // Asked once: hardware_concurrency() reads /sys at every call (it doubled a 5 us kernel).
   static const unsigned cores = std::thread::hardware_concurrency();
   if (cores > 0 && static_cast<unsigned>(get_num_threads()) > cores && spins > 1000) spins = 1000;
-  return spins > 1000000000ULL ? 1000000000LL : static_cast<int64_t>(spins);
+  const double ns = static_cast<double>(spins) * ns_per_spin();
+  return ns > 1e9 ? 1000000000LL : static_cast<int64_t>(ns);
 }
 
 bool back_to_back() {

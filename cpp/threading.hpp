@@ -30,8 +30,10 @@ constexpr int64_t kMinElementsPerAwakeThread = int64_t{1} << 13;
 // False when OMP_WAIT_POLICY is PASSIVE or GOMP_SPINCOUNT is 0 (threads sleep at once).
 bool threads_spin();
 
-// How long OpenMP threads surely spin after a parallel region, in ns (counted low; at most 1 s).
+// How long OpenMP threads surely spin after a parallel region, in ns (counted low; at most 1 s):
+// the runtime's spin count times ns_per_spin.
 int64_t spin_time_ns();
+double ns_per_spin();  // one spin of an idle thread, counted low (timed once; at least 1 ns)
 
 // Whether a loop of too little work to wake sleeping threads goes parallel anyway: this thread's
 // last parallel region ended less than the OpenMP runtime's spin time ago (counted low), so its

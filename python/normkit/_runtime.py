@@ -48,10 +48,11 @@ def info() -> dict:
     """Build and runtime facts: version, active and available ISAs, threads, OpenMP (how its
     threads wait between kernels, whether they spin, so that a kernel's later passes may use
     them on less work than would pay for waking them, and for how long at least: small kernels
-    called back to back within that time use them too), bytes held in the output buffer
-    cache, the output size from which kernels write with streaming stores (bypassing the
-    caches; a quarter of the last-level cache, within 8-64 MiB), and the cache sizes the
-    kernels plan with."""
+    called back to back within that time use them too; the spin count times the time of one
+    spin, timed once at half the CPU's pause), bytes held in the output buffer cache, the
+    output size from which kernels write with streaming stores (bypassing the caches; an
+    eighth of the last-level cache, within 8-64 MiB), and the cache sizes the kernels plan
+    with."""
     return {
         "version": _version(),
         "isa": _core.active_isa(),
@@ -61,6 +62,7 @@ def info() -> dict:
         "omp_wait_policy": _openmp.wait_policy,
         "omp_threads_spin": bool(_core.threads_spin()),
         "omp_spin_time_ns": int(_core.spin_time_ns()),
+        "omp_ns_per_spin": float(_core.ns_per_spin()),
         "cached_bytes": int(_core.cached_bytes()),
         "stream_threshold_bytes": int(_core.stream_threshold_bytes()),
         "l2_cache_bytes": int(_core.l2_cache_bytes()),
