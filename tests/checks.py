@@ -69,8 +69,8 @@ _MEMO: OrderedDict = OrderedDict()
 
 
 def _memo(key, compute):
-    """compute(), remembered under ``key`` for the next few calls. A case's inputs and float64
-    reference results are the same under every ISA (conftest runs a case's ISAs one after
+    """compute(), remembered under ``key`` for the next few calls. A case's inputs and reference
+    results are the same under every ISA (conftest runs a case's ISAs one after
     another), so they are computed once; a backward reference, taken at the statistics normkit
     returned, is keyed by their bytes too. The results are read-only."""
     if key in _MEMO:
@@ -147,6 +147,14 @@ def check_layer_norm(shape, dtype, mean_offset=0.0, affine=True, seed=0):
         assert dgamma is None and dbeta is None
 
 
+def _channel_axes(ndim, axis):
+    """(other_axes, per_channel): the axes a channel's statistics run over, and the shape that
+    broadcasts a per-channel array against x."""
+    channel = axis % ndim
+    other_axes = tuple(a for a in range(ndim) if a != channel)
+    return other_axes, [-1 if a == channel else 1 for a in range(ndim)]
+
+
 def _batch_norm_forward_reference(x, gamma, beta, running_mean, running_var, training, axis):
     """The float64 forward of check_batch_norm's case, with the scales its checks use."""
     rm_ref, rv_ref = _wide(running_mean), _wide(running_var)  # (updated in place)
@@ -161,7 +169,7 @@ def _batch_norm_forward_reference(x, gamma, beta, running_mean, running_var, tra
         axis=axis,
     )
     y_sc = y_scale(y_ref, mean_ref, invstd_ref, x.dtype)
-    other_axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    other_axes, _ = _channel_axes(x.ndim, axis)
     mean_sc = sum_scale(np.abs(_wide(x)).mean(axis=other_axes)) if training else None
     return y_ref, mean_ref, invstd_ref, rm_ref, rv_ref, y_sc, mean_sc
 
@@ -177,8 +185,7 @@ def _batch_norm_backward_reference(dy, x, mean, invstd, gamma, training, axis):
         training=training,
         axis=axis,
     )
-    per_channel = [-1 if a == axis % x.ndim else 1 for a in range(x.ndim)]
-    other_axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    other_axes, per_channel = _channel_axes(x.ndim, axis)
     k = np.abs(_wide(invstd) * (1.0 if gamma is None else _wide(gamma))).reshape(per_channel)
     terms = float(np.max(k * np.abs(_wide(dy))))
     scales = [dx_scale(dx_ref, terms), None, None]
