@@ -17,7 +17,29 @@ from checks import (
     y_scale,
 )
 
-WIDTHS = [1, 3, 7, 15, 16, 17, 31, 32, 33, 64, 100, 128, 255, 256, 257, 1000, 4099, 65537]
+# 768, 1000, 4096: rows of one chunk taken in pairs (forward_row_pairs) where they are whole vectors
+WIDTHS = [
+    1,
+    3,
+    7,
+    15,
+    16,
+    17,
+    31,
+    32,
+    33,
+    64,
+    100,
+    128,
+    255,
+    256,
+    257,
+    768,
+    1000,
+    4096,
+    4099,
+    65537,
+]
 DTYPES = [np.float32, np.float64]
 
 
@@ -36,7 +58,7 @@ def test_tall_and_wide_shapes(isa, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(9, 45), (19, 128), (5, 3000)], ids=str)
+@pytest.mark.parametrize("shape", [(9, 45), (19, 128), (5, 3000), (19, 768)], ids=str)
 def test_without_affine(isa, shape, dtype):
     check_layer_norm(shape, dtype, affine=False)
 
@@ -99,9 +121,10 @@ def test_float32_values_whose_squares_overflow(isa, shape):
 
 
 @pytest.mark.parametrize("which", ["gamma", "beta"])
-def test_gamma_only_or_beta_only(rng, which):
-    x = rng.standard_normal((6, 19))
-    p = rng.standard_normal(19)
+@pytest.mark.parametrize("shape", [(6, 19), (11, 768)], ids=str)
+def test_gamma_only_or_beta_only(rng, which, shape):
+    x = rng.standard_normal(shape)
+    p = rng.standard_normal(shape[1])
     gamma, beta = (p, None) if which == "gamma" else (None, p)
     y = normkit.layer_norm(x, gamma, beta)
     y_ref = ref_forward(x, gamma, beta)[0]
@@ -202,9 +225,11 @@ def test_inputs_are_not_modified(rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_out_and_in_place(rng, dtype):
-    x = rng.standard_normal((50, 70)).astype(dtype)
-    gamma, beta = rng.standard_normal(70).astype(dtype), rng.standard_normal(70).astype(dtype)
+@pytest.mark.parametrize("shape", [(50, 70), (20, 768)], ids=str)
+def test_out_and_in_place(rng, dtype, shape):
+    x = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.standard_normal(shape[1]).astype(dtype)
+    beta = rng.standard_normal(shape[1]).astype(dtype)
     expected = normkit.layer_norm(x, gamma, beta)
     out = np.empty_like(x)
     assert normkit.layer_norm(x, gamma, beta, out=out) is out
@@ -215,7 +240,7 @@ def test_out_and_in_place(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("cols", [64, 100, 128])
+@pytest.mark.parametrize("cols", [64, 100, 128, 768])
 def test_misaligned_out_of_a_streamed_array(isa, cols, dtype):
     # Outputs from the streaming size on are written with aligned streaming stores; an out=
     # array that starts off the vector alignment takes another path (an aligning head per row)
@@ -336,8 +361,18 @@ def test_parameter_gradients_of_a_zero_gradient_are_positive_zeros(isa, shape, d
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "shape",
-    # (100, 5000): rows in parallel on one thread, rows split by chunk on two
-    [(1, 262144), (3, 100003), (3000, 129), (1001, 100), (300, 4097), (100, 5000), (70000, 3)],
+    # (100, 5000): rows in parallel on one thread, rows split by chunk on two; (6, 768): rows in
+    # pairs on one thread, split by chunk on two
+    [
+        (1, 262144),
+        (3, 100003),
+        (3000, 129),
+        (1001, 100),
+        (300, 4097),
+        (100, 5000),
+        (6, 768),
+        (70000, 3),
+    ],
     ids=str,
 )
 def test_threads_give_bitwise_identical_results(isa, shape, dtype):

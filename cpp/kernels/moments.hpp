@@ -30,14 +30,20 @@ inline bool shift_too_far(const Moments& m, double shift) {
 }
 
 // Sums of d = x - shift and d^2 over x[0, n) (sum_d, sum_d2), blocked into float64. With kAhead
-// it also prefetches x `ahead` elements on into L2 (values a later call will read).
+// it also prefetches x `ahead` elements on into L2 (values a later call will read). also(j) is
+// called at every whole vector j of x, in the same loop: other work that the pass carries along
+// (normalizing the previous row; see forward_row_pairs in layer_norm_kernel.cpp).
 struct ShiftedSums {
   double d, d2;
 };
 
-template <class T, bool kAhead = false>
+struct NoWork {
+  void operator()(int64_t) const {}
+};
+
+template <class T, bool kAhead = false, class Also = NoWork>
 [[gnu::always_inline]] inline ShiftedSums shifted_sums(const T* x, int64_t n, T shift,
-                                                       int64_t ahead = 0) {
+                                                       int64_t ahead = 0, const Also& also = {}) {
   using V = Vec<T>;
   const int64_t n_vec = n - n % V::width;
   const V shift_v = V::broadcast(shift);
@@ -49,6 +55,7 @@ template <class T, bool kAhead = false>
         n_vec,
         [&](int64_t j, int u) {
           if constexpr (kAhead) __builtin_prefetch(x + j + ahead, 0, 2);
+          also(j);
           const V d = V::load(x + j) - shift_v;
           sum_d.acc[u] = sum_d.acc[u] + d;
           sum_d2.acc[u] = fmadd(d, d, sum_d2.acc[u]);
@@ -69,9 +76,10 @@ template <class T, bool kAhead = false>
 
 // Moments of x[0, n) around shift (shifted_sums); the mean comes out relative to ref (0: the
 // mean itself; see chunk_moments). kAhead, ahead: as in shifted_sums.
-template <class T, bool kAhead = false>
-Moments shifted_moments(const T* x, int64_t n, T shift, T ref, int64_t ahead = 0) {
-  const ShiftedSums sums = shifted_sums<T, kAhead>(x, n, shift, ahead);
+template <class T, bool kAhead = false, class Also = NoWork>
+Moments shifted_moments(const T* x, int64_t n, T shift, T ref, int64_t ahead = 0,
+                        const Also& also = {}) {
+  const ShiftedSums sums = shifted_sums<T, kAhead>(x, n, shift, ahead, also);
   return shifted_moments_of(static_cast<double>(shift) - static_cast<double>(ref), sums.d, sums.d2,
                             static_cast<double>(n));
 }
@@ -127,12 +135,12 @@ template <class T>
 // share (its first value): merging chunks then subtracts small relative means, not two nearly
 // equal absolute ones, which would lose digits of the between-chunk part of m2 when
 // |mean| >> std (float64 rstd was off by 5e-13 on sorted rows at mean 1e4 x std).
-// kAhead, ahead: as in shifted_moments.
-template <class T, bool kAhead = false>
-[[gnu::always_inline]] inline Moments chunk_moments(const T* x, int64_t n, T ref,
-                                                    int64_t ahead = 0) {
+// kAhead, ahead, also: as in shifted_sums (also runs in the first pass only).
+template <class T, bool kAhead = false, class Also = NoWork>
+[[gnu::always_inline]] inline Moments chunk_moments(const T* x, int64_t n, T ref, int64_t ahead = 0,
+                                                    const Also& also = {}) {
   const T shift = n >= Vec<T>::width ? first_vector_mean(x) : x[0];
-  const Moments m = shifted_moments<T, kAhead>(x, n, shift, ref, ahead);
+  const Moments m = shifted_moments<T, kAhead>(x, n, shift, ref, ahead, also);
   const bool too_far = shift_too_far(m, static_cast<double>(shift) - static_cast<double>(ref));
   if (too_far || overflowed<T>(m)) return moments_again(x, n, ref, m, too_far);
   return m;
