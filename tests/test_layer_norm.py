@@ -261,7 +261,8 @@ def test_misaligned_out_of_a_streamed_array(isa, cols, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("cols", [1001, 3001])  # rows of no whole number of vectors or lines
+# 1001, 3001: rows of no whole number of vectors or lines; 768: rows in pairs
+@pytest.mark.parametrize("cols", [768, 1001, 3001])
 def test_streamed_rows_of_odd_length_give_the_bits_of_a_small_array(isa, cols, dtype):
     # From the streaming size on, long rows are written in spans that end on the output's cache
     # lines (wherever the row starts), and the backward of rows that are not whole vectors goes
@@ -284,6 +285,25 @@ def test_streamed_rows_of_odd_length_give_the_bits_of_a_small_array(isa, cols, d
     xhat = (x.astype(np.float64) - mean[:, None]) * rstd[:, None]
     assert_close(dgamma, dgamma_ref, dtype, "dgamma", sum_scale(np.abs(dy * xhat).sum(0)))
     assert_close(dbeta, dbeta_ref, dtype, "dbeta", sum_scale(np.abs(dy).sum(0)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_streamed_rows_in_pairs_without_gamma(isa, dtype):
+    # A streamed backward of rows of one chunk goes in pairs (dx of a row written in the loop
+    # that sums the next); without gamma it takes its own instance: the bits of a small array.
+    rng = np.random.default_rng(12)
+    cols = 768
+    rows = normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + 3
+    x = (rng.standard_normal((rows, cols)) * 2 + 50).astype(dtype)
+    dy = rng.standard_normal((rows, cols)).astype(dtype)
+    y, mean, rstd = normkit.layer_norm_forward(x)
+    dx, dgamma, dbeta = normkit.layer_norm_backward(dy, x, mean, rstd)
+    assert dgamma is None and dbeta is None
+    pick = [0, 1, rows // 2, rows - 2, rows - 1]
+    dx_few, _, _ = normkit.layer_norm_backward(dy[pick], x[pick], mean[pick], rstd[pick])
+    np.testing.assert_array_equal(dx[pick], dx_few)
+    dx_ref = ref_backward(dy[pick], x[pick], mean[pick], rstd[pick], None)[0]
+    assert_close(dx[pick], dx_ref, dtype, "dx")
 
 
 def test_out_overlapping_x_partially(rng):
@@ -361,8 +381,8 @@ def test_parameter_gradients_of_a_zero_gradient_are_positive_zeros(isa, shape, d
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "shape",
-    # (100, 5000): rows in parallel on one thread, rows split by chunk on two; (6, 768): rows in
-    # pairs on one thread, split by chunk on two
+    # (100, 5000): rows in parallel on one thread, rows split by chunk on two; (300, 768): rows
+    # in pairs, 19 blocks of rows shared out differently
     [
         (1, 262144),
         (3, 100003),
@@ -370,7 +390,7 @@ def test_parameter_gradients_of_a_zero_gradient_are_positive_zeros(isa, shape, d
         (1001, 100),
         (300, 4097),
         (100, 5000),
-        (6, 768),
+        (300, 768),
         (70000, 3),
     ],
     ids=str,
