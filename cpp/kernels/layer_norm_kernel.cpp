@@ -95,20 +95,26 @@ RowScale<T> row_scale(const Moments& m, double eps) {
   return scale_of<T>(m.mean, 1.0 / std::sqrt(var + eps));
 }
 
+// The vector of y at column j, from the row's constants as vectors (hi, r, off).
+// Scalar math: y = ((x - mean_hi) * rstd + offset) * gamma + beta   (gamma, beta optional)
+template <class T, bool kGamma, bool kBeta>
+inline Vec<T> normalized(const T* x, const T* gamma, const T* beta, Vec<T> hi, Vec<T> r, Vec<T> off,
+                         int64_t j) {
+  using V = Vec<T>;
+  V v = fmadd(V::load(x + j) - hi, r, off);
+  if constexpr (kGamma && kBeta) v = fmadd(v, V::load(gamma + j), V::load(beta + j));
+  if constexpr (kGamma && !kBeta) v = v * V::load(gamma + j);
+  if constexpr (!kGamma && kBeta) v = v + V::load(beta + j);
+  return v;
+}
+
 // Scalar math: y = ((x - mean_hi) * rstd + offset) * gamma + beta   (gamma, beta optional)
 template <class T, bool kGamma, bool kBeta, bool kStream>
 void normalize_chunk(T* y, const T* x, const T* gamma, const T* beta, RowScale<T> s, int64_t n) {
   using V = Vec<T>;
   const V hi = V::broadcast(s.mean_hi), r = V::broadcast(s.rstd), off = V::broadcast(s.offset);
   elementwise<T, kStream>(
-      y, n,
-      [&](int64_t j) {
-        V v = fmadd(V::load(x + j) - hi, r, off);
-        if constexpr (kGamma && kBeta) v = fmadd(v, V::load(gamma + j), V::load(beta + j));
-        if constexpr (kGamma && !kBeta) v = v * V::load(gamma + j);
-        if constexpr (!kGamma && kBeta) v = v + V::load(beta + j);
-        return v;
-      },
+      y, n, [&](int64_t j) { return normalized<T, kGamma, kBeta>(x, gamma, beta, hi, r, off, j); },
       [&](int64_t j) {
         T v = fma_scalar(x[j] - s.mean_hi, s.rstd, s.offset);
         if constexpr (kGamma && kBeta) v = fma_scalar(v, gamma[j], beta[j]);
@@ -434,6 +440,12 @@ void flush_param_partials(double* part, T* acc, int64_t n, bool first) {
   }
 }
 
+// Scalar math: dx = (g - mean_g - xhat * mean_gxhat) * rstd,  neg_mean_gx = -mean_gxhat
+template <class T>
+inline Vec<T> dx_of(Vec<T> g, Vec<T> xhat, Vec<T> mean_g, Vec<T> neg_mean_gx, Vec<T> rstd) {
+  return fmadd(xhat, neg_mean_gx, g - mean_g) * rstd;
+}
+
 // Scalar math: dx = rstd * (g - mean_g - xhat * mean_gxhat),  g = dy * gamma
 template <class T, bool kAffine, bool kStream>
 void chunk_dx(T* dx, const T* dy, const T* x, const T* gamma, T mean, T rstd, T mean_g,
@@ -447,7 +459,7 @@ void chunk_dx(T* dx, const T* dy, const T* x, const T* gamma, T mean, T rstd, T 
         const V xhat = (V::load(x + j) - mean_v) * rstd_v;
         V g = V::load(dy + j);
         if constexpr (kAffine) g = g * V::load(gamma + j);
-        return fmadd(xhat, neg_mean_gx_v, g - mean_g_v) * rstd_v;
+        return dx_of(g, xhat, mean_g_v, neg_mean_gx_v, rstd_v);
       },
       [&](int64_t j) {
         const T xhat = (x[j] - mean) * rstd;
@@ -574,7 +586,7 @@ template <class T, bool kStream, int kN>
       const V d = V::load(a.dy + off + j);
       sum_g[u] = fmadd(d, xhat, sum_g[u]);
       sum_b[u] = sum_b[u] + d;
-      const V v = fmadd(xhat, neg_mean_gx, d * gamma_v[u] - mean_g) * rstd;
+      const V v = dx_of(d * gamma_v[u], xhat, mean_g, neg_mean_gx, rstd);
       if constexpr (kStream)
         v.stream(dx + j);
       else
@@ -810,10 +822,7 @@ void forward_row_pairs(T* y, T* mean, T* rstd, const T* x, const T* gamma, const
     T* y_row = y + i * cols;
     const V hi = V::broadcast(s.mean_hi), r = V::broadcast(s.rstd), off = V::broadcast(s.offset);
     auto normalize_vector = [&](int64_t j) {
-      V v = fmadd(V::load(x_row + j) - hi, r, off);
-      if constexpr (kGamma && kBeta) v = fmadd(v, V::load(gamma + j), V::load(beta + j));
-      if constexpr (kGamma && !kBeta) v = v * V::load(gamma + j);
-      if constexpr (!kGamma && kBeta) v = v + V::load(beta + j);
+      const V v = normalized<T, kGamma, kBeta>(x_row, gamma, beta, hi, r, off, j);
       if constexpr (kStream)
         v.stream(y_row + j);
       else
@@ -1166,7 +1175,7 @@ void backward_row_pairs(const BackwardArgs<T>& a, const Plan& p, int64_t b0, int
           (V::load(acc_b + j) + d).store(acc_b + j);
           g = d * V::load(a.gamma + j);
         }
-        const V v = fmadd(xhat, neg_mean_gx, g - mean_g) * rstd;
+        const V v = dx_of(g, xhat, mean_g, neg_mean_gx, rstd);
         if constexpr (kStream)
           v.stream(dx + j);
         else
