@@ -41,13 +41,25 @@ struct NoWork {
   void operator()(int64_t) const {}
 };
 
+// The float64 totals of shifted_sums, which can go on over several runs of values (one
+// horizontal sum for them all: BatchNorm's channels of short runs, see
+// train_forward_short_runs in batch_norm_kernel.cpp).
+template <class T>
+struct ShiftedTotals {
+  WideSum<T> d = WideSum<T>::zero(), d2 = WideSum<T>::zero();
+  double tail_d = 0.0, tail_d2 = 0.0;  // the values past the last whole vector of each run
+
+  ShiftedSums sums() const { return {d.total() + tail_d, d2.total() + tail_d2}; }
+};
+
+// totals += the sums of d = x - shift and d^2 over x[0, n) (see shifted_sums).
 template <class T, bool kAhead = false, class Also = NoWork>
-[[gnu::always_inline]] inline ShiftedSums shifted_sums(const T* x, int64_t n, T shift,
-                                                       int64_t ahead = 0, const Also& also = {}) {
+[[gnu::always_inline]] inline void add_shifted_sums(ShiftedTotals<T>& totals, const T* x, int64_t n,
+                                                    T shift, int64_t ahead = 0,
+                                                    const Also& also = {}) {
   using V = Vec<T>;
   const int64_t n_vec = n - n % V::width;
   const V shift_v = V::broadcast(shift);
-  WideSum<T> total_d = WideSum<T>::zero(), total_d2 = WideSum<T>::zero();
   with_chains<T>(n_vec, [&](auto chains) {
     constexpr int kC = decltype(chains)::value;
     Chains<T, kC> sum_d = Chains<T, kC>::zero(), sum_d2 = Chains<T, kC>::zero();
@@ -61,17 +73,23 @@ template <class T, bool kAhead = false, class Also = NoWork>
           sum_d2.acc[u] = fmadd(d, d, sum_d2.acc[u]);
         },
         [&] {
-          sum_d.flush_into(total_d);
-          sum_d2.flush_into(total_d2);
+          sum_d.flush_into(totals.d);
+          sum_d2.flush_into(totals.d2);
         });
   });
-  double tail_d = 0.0, tail_d2 = 0.0;
   for (int64_t j = n_vec; j < n; ++j) {
     const double d = static_cast<double>(x[j] - shift);
-    tail_d += d;
-    tail_d2 += d * d;
+    totals.tail_d += d;
+    totals.tail_d2 += d * d;
   }
-  return {total_d.total() + tail_d, total_d2.total() + tail_d2};
+}
+
+template <class T, bool kAhead = false, class Also = NoWork>
+[[gnu::always_inline]] inline ShiftedSums shifted_sums(const T* x, int64_t n, T shift,
+                                                       int64_t ahead = 0, const Also& also = {}) {
+  ShiftedTotals<T> totals;
+  add_shifted_sums<T, kAhead>(totals, x, n, shift, ahead, also);
+  return totals.sums();
 }
 
 // Moments of x[0, n) around shift (shifted_sums); the mean comes out relative to ref (0: the
