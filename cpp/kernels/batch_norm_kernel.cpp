@@ -217,6 +217,16 @@ template <class T>
   return wide;
 }
 
+// Channel ch's moments (mean relative to ref = x[ch * s]) from the sums of d = x - ref and d^2
+// over all its values, with the rare second pass (runs_moments_again) where they need one.
+template <class T>
+Moments runs_moments_of_sums(const T* x, const Shape& sh, int64_t ch, const ShiftedSums& sums) {
+  const Moments m = shifted_moments_of(0.0, sums.d, sums.d2, static_cast<double>(sh.n * sh.s));
+  const bool too_far = shift_too_far(m, 0.0);
+  if (too_far || overflowed<T>(m)) return runs_moments_again(x, sh, ch, x[ch * sh.s], m, too_far);
+  return m;
+}
+
 // Channel ch's moments (mean relative to ref = x[ch * s]) from its units' sums, unit k's at
 // part(k), in unit order.
 template <class T, class Part>
@@ -228,10 +238,7 @@ Moments runs_moments(const T* x, const Shape& sh, int64_t ch, const Part& part) 
     sum_d += p[0];
     sum_d2 += p[1];
   }
-  const Moments m = shifted_moments_of(0.0, sum_d, sum_d2, static_cast<double>(sh.n * sh.s));
-  const bool too_far = shift_too_far(m, 0.0);
-  if (too_far || overflowed<T>(m)) return runs_moments_again(x, sh, ch, x[ch * sh.s], m, too_far);
-  return m;
+  return runs_moments_of_sums(x, sh, ch, {sum_d, sum_d2});
 }
 
 bool flush_due(int64_t r, int64_t r0, int64_t r1) {
@@ -1165,6 +1172,20 @@ void train_backward_by_channel(T* dx, double* sum_dy, double* sum_dy_xhat, const
   });
 }
 
+// Channel ch's batch mean and variance from its moments m (mean relative to ref), and its
+// normalization constants (mean receives mean_hi, the mean the normalization subtracts).
+template <class T>
+ChannelAffine<T> channel_statistics(T* mean, T* invstd, double* batch_mean, double* batch_var,
+                                    const T* gamma, const T* beta, double eps, int64_t ch, T ref,
+                                    const Moments& m) {
+  batch_mean[ch] = static_cast<double>(ref) + m.mean;
+  batch_var[ch] = biased_variance(m);
+  const ChannelAffine<T> a = channel_affine(batch_mean[ch], batch_var[ch], gamma, beta, ch, eps);
+  mean[ch] = a.mean_hi;
+  invstd[ch] = a.invstd;
+  return a;
+}
+
 // The training forward one channel at a time on each thread, under the conditions and for the
 // reasons of train_backward_by_channel: the statistics pass reads a channel from memory, the
 // normalization reads it again from L2 while it prefetches the thread's next channel. The
@@ -1189,12 +1210,8 @@ void train_forward_by_channel(T* y, T* mean, T* invstd, double* batch_mean, doub
         part += 2;
       });
       const Moments m = runs_moments(x, sh, ch, [&](int64_t q) { return parts + 2 * q; });
-      batch_mean[ch] = static_cast<double>(ref) + m.mean;
-      batch_var[ch] = biased_variance(m);
       const ChannelAffine<T> a =
-          channel_affine(batch_mean[ch], batch_var[ch], gamma, beta, ch, eps);
-      mean[ch] = a.mean_hi;
-      invstd[ch] = a.invstd;
+          channel_statistics(mean, invstd, batch_mean, batch_var, gamma, beta, eps, ch, ref, m);
       for (int64_t i = 0; i < n; ++i) {
         const int64_t off = (i * c + ch) * s;
         apply_run<T, true>(y + off, x + off, a.mean_hi, a.scale, a.shift, s);
@@ -1240,16 +1257,9 @@ void train_forward_short_runs(T* y, T* mean, T* invstd, double* batch_mean, doub
       const T ref = x[ch * s];  // the channel's first value
       ShiftedTotals<T> totals;
       for (int64_t i = 0; i < n; ++i) add_shifted_sums(totals, x + (i * c + ch) * s, s, ref);
-      const ShiftedSums sums = totals.sums();
-      Moments m = shifted_moments_of(0.0, sums.d, sums.d2, static_cast<double>(n * s));
-      if (const bool too_far = shift_too_far(m, 0.0); too_far || overflowed<T>(m))
-        m = runs_moments_again(x, sh, ch, ref, m, too_far);
-      batch_mean[ch] = static_cast<double>(ref) + m.mean;
-      batch_var[ch] = biased_variance(m);
+      const Moments m = runs_moments_of_sums(x, sh, ch, totals.sums());
       const ChannelAffine<T> a =
-          channel_affine(batch_mean[ch], batch_var[ch], gamma, beta, ch, eps);
-      mean[ch] = a.mean_hi;
-      invstd[ch] = a.invstd;
+          channel_statistics(mean, invstd, batch_mean, batch_var, gamma, beta, eps, ch, ref, m);
       for (int64_t i = 0; i < n; ++i) {
         const int64_t off = (i * c + ch) * s;
         apply_run<T, false>(y + off, x + off, a.mean_hi, a.scale, a.shift, s);
