@@ -1223,8 +1223,8 @@ void train_forward_by_channel(T* y, T* mean, T* invstd, double* batch_mean, doub
 }
 
 // Short runs in cache: the training passes over runs of fewer than kShortRunValues values (7x7
-// to 15x15 planes) whose two array-sized inputs of the pass (x and y forward, x and dy
-// backward) fit in one L2 go a channel at a time, in one parallel loop. A channel's runs add
+// to 15x15 planes) whose two arrays of the pass (x and y forward, x and dy backward) fit in
+// one L2 go a channel at a time, in one parallel loop. A channel's runs add
 // their sums into the same float64 vectors (one horizontal sum per channel, not per run), then
 // its output is written while its runs are in L1. The whole-array passes took a horizontal sum
 // per run and four parallel loops (units, channels, constants, output). The rule depends on
@@ -1246,7 +1246,6 @@ bool short_runs_in_cache(const Shape& sh) {
 // The training forward for short runs in cache (see short_runs_in_cache), a channel at a time:
 // its moments around ref = its first value (as batch_norm_stats takes them, with the same rare
 // second pass), its constants, then y = (x - mean) * scale + shift over its runs.
-
 template <class T>
 void train_forward_short_runs(T* y, T* mean, T* invstd, double* batch_mean, double* batch_var,
                               const T* x, const T* gamma, const T* beta, double eps,
