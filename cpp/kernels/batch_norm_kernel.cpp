@@ -1224,10 +1224,10 @@ void train_forward_by_channel(T* y, T* mean, T* invstd, double* batch_mean, doub
 
 // Short runs in cache: the training passes over runs of fewer than kShortRunValues values (7x7
 // to 15x15 planes) whose two arrays of the pass (x and y forward, x and dy backward) fit in
-// one L2 go a channel at a time, in one parallel loop. A channel's runs add
-// their sums into the same float64 vectors (one horizontal sum per channel, not per run), then
-// its output is written while its runs are in L1. The whole-array passes took a horizontal sum
-// per run and four parallel loops (units, channels, constants, output). The rule depends on
+// one L2 go a channel at a time, in one parallel loop. A channel's runs add their sums into
+// the same float64 vectors (one horizontal sum per channel, not per run), then its output is
+// written while its runs are in L1. The whole-array passes took a horizontal sum per run and
+// four parallel loops (units, channels, constants, output). The rule depends on
 // the shape and the cache only: any thread count gives the same bits. Sapphire Rapids,
 // AVX-512, float32, 2 threads, through Python (medians of 300 calls, three rounds),
 // whole-array -> by channel: forward 8x512x7x7 125-179 -> 76-84 us, 8x128x15x15 88-115 ->
