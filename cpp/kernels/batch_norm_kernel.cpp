@@ -1530,15 +1530,15 @@ void channel_affines(T* mean_hi, T* scale, T* shift, T* invstd, const S* mean, c
 // Tables of a few rows of many channels (BatchNorm1d on (batch, features): s = 1, unfolded, at
 // most kGroupRows rows) go through training and inference a group of kColGroup columns at a
 // time per task (inference: see infer_group_columns), every pass over the group while it is in
-// cache (its statistics or sums, its per-channel constants, its output): the whole-table passes
-// sent per-channel arrays (moments, means, variances, scales, sums) of many times L2's size through
-// L3 between them. The same operations per column in the same order: the same bits as the
-// whole-table passes. Zen 3, AVX2, float32, 2 threads, whole-table -> by column group, forward /
-// backward: (2, 65536) 1.40 / 0.39 -> 0.60 / 0.21 ms; (8, 25088) 0.30 / 0.23 -> 0.20 / 0.14; (32,
-// 4096) 0.125 / 0.060 -> 0.056 / 0.050; (16, 262144) 7.1 / 8.9 -> 5.5 / 6.0. With more rows, a
-// group's rows a power of two apart share L2's sets and its second pass no longer finds them there:
-// (48, 32768) forward 1.3-1.7 -> 1.6-2.2 ms, (256, 1024) 0.10 -> 0.15 (faster only on large tables
-// of other widths).
+// cache (its statistics or sums, its per-channel constants, its output): the whole-table
+// passes sent per-channel arrays (moments, means, variances, scales, sums) of many times L2's
+// size through L3 between them. The same operations per column in the same order: the same
+// bits as the whole-table passes. Zen 3, AVX2, float32, 2 threads, whole-table -> by column
+// group, forward / backward: (2, 65536) 1.40 / 0.39 -> 0.60 / 0.21 ms; (8, 25088) 0.30 / 0.23
+// -> 0.20 / 0.14; (32, 4096) 0.125 / 0.060 -> 0.056 / 0.050; (16, 262144) 7.1 / 8.9 -> 5.5 /
+// 6.0. With more rows, a group's rows a power of two apart share L2's sets and its second pass
+// no longer finds them there: (48, 32768) forward 1.3-1.7 -> 1.6-2.2 ms, (256, 1024) 0.10 ->
+// 0.15 (faster only on large tables of other widths).
 constexpr int64_t kGroupRows = 32;
 bool by_column_group(const Shape& sh) {
   return sh.columns() && sh.s == 1 && sh.fold == 1 && sh.n >= 1 && sh.n <= kGroupRows;
