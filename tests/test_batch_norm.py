@@ -45,6 +45,28 @@ def test_folded_tables_match_reference(isa, shape, axis, dtype):
     check_batch_norm(shape, axis, dtype, mean_offset=1e4)
 
 
+# Planes of fewer than 16 values (the column layout with s > 1) expand each per-channel array
+# to the table's columns a vector at a time, permuting a vector of channels: periods of
+# lcm(s, width) columns, then single values once the next vector of channels would pass the last.
+# Inference on at most 32 rows goes by groups of channels (the last one partial), expanding
+# each group's constants; 40 rows expand the whole table's.
+SHORT_PLANES = [
+    ((3, 37, 6), 1),
+    ((2, 300, 5), 1),
+    ((4, 129, 3, 3), 1),
+    ((2, 70, 15), 1),
+    ((5, 41, 2), 1),
+    ((3, 2, 2, 530, 7), 3),
+    ((40, 70, 3), 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, axis", SHORT_PLANES, ids=str)
+def test_short_planes_of_many_channels_match_reference(isa, shape, axis, dtype):
+    check_batch_norm(shape, axis, dtype, mean_offset=1e4)
+
+
 @pytest.mark.parametrize("shape, axis", [((6, 5, 17), 1), ((40, 9), -1)], ids=str)
 def test_without_affine(isa, shape, axis):
     check_batch_norm(shape, axis, np.float64, affine=False)
@@ -286,6 +308,8 @@ def test_few_rows_beyond_l2_match_reference(isa, rows, dtype):
     itemsize = np.dtype(dtype).itemsize
     cols = normkit.info()["l2_cache_bytes"] // (2 * rows * itemsize) + 1500 + 3
     check_batch_norm((rows, cols), -1, dtype, mean_offset=1e4)
+    # the same with planes of 9 values: groups of whole channels, their constants expanded
+    check_batch_norm((rows, cols // 9 + 1, 3, 3), 1, dtype, mean_offset=1e4)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

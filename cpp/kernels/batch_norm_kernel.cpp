@@ -54,14 +54,6 @@ struct Shape {
   int64_t cols() const { return c * s * fold; }
   int64_t rows() const { return n / fold; }
   int64_t rest_rows() const { return n % fold; }
-  // Calls f(j, ch) for each column j of the table and its channel ch, in column order (by
-  // counting, not a division per column).
-  template <class F>
-  void for_columns(const F& f) const {
-    for (int64_t k = 0, j = 0; k < fold; ++k)
-      for (int64_t ch = 0; ch < c; ++ch)
-        for (int64_t t = 0; t < s; ++t) f(j++, ch);
-  }
   int64_t n_blocks() const { return (rows() + kBlockRows - 1) / kBlockRows; }
   int64_t n_col_groups() const { return (cols() + kColGroup - 1) / kColGroup; }
   // Task t of the column layout: rows [r0, r1), columns [j0, j1).
@@ -536,10 +528,52 @@ void column_grad_sums(double* out, T* dx, const T* dy, const T* x, const T* mean
   out[1] = s_dyx;
 }
 
-// Per-channel values expanded to the columns of the column layout.
+// Per-channel values expanded to the columns of the column layout: out[j] = per_channel[j / s].
+// The lanes of a vector of columns hold channels ch .. ch + W - 1 of a vector loaded from
+// per_channel + ch, permuted; the pattern repeats every lcm(s, W) columns (at most s < kMinRun
+// vectors). A value at a time (into zeroed buffers), the expansions took most of the column
+// layout's time on tables of few rows of many channels: 4x4096x6 float32 inference, 1 thread,
+// 109-143 -> 42-46 us (Sapphire Rapids, AVX-512).
+template <class T>
+class ColumnExpander {
+  static constexpr int64_t W = Vec<T>::width;
+
+ public:
+  explicit ColumnExpander(int64_t s)
+      : s_(s), vectors_(std::lcm(s, W) / W), channels_(vectors_ * W / s) {
+    for (int64_t v = 0, ch = 0, t = 0; v < vectors_; ++v) {
+      first_[v] = ch;
+      for (int64_t k = 0; k < W; ++k) {
+        lane_[v][k] = static_cast<int32_t>(ch - first_[v]);
+        if (++t == s) t = 0, ++ch;
+      }
+    }
+  }
+  // out[j] for the columns of `channels` channels; the vectors loaded stay within the
+  // `available` channels from per_channel.
+  void operator()(T* out, const T* per_channel, int64_t channels, int64_t available) const {
+    using V = Vec<T>;
+    int64_t ch0 = 0, j = 0;
+    for (; ch0 + channels_ <= channels && ch0 + channels_ - 1 + W <= available; ch0 += channels_)
+      for (int64_t v = 0; v < vectors_; ++v, j += W)
+        permute(V::load(per_channel + ch0 + first_[v]), lane_[v]).store(out + j);
+    for (int64_t ch = ch0; ch < channels; ++ch)
+      for (int64_t t = 0; t < s_; ++t) out[j++] = per_channel[ch];
+  }
+
+ private:
+  int64_t s_, vectors_, channels_;  // a period: vectors_ vectors of channels_ channels
+  int64_t first_[kMinRun];          // vector v's first channel, from the period's
+  int32_t lane_[kMinRun][W];        // lane k's channel - first_[v]
+};
+
+// expand_to_columns of the whole table (its folded rows copy the first).
 template <class T>
 void expand_to_columns(T* out, const T* per_channel, const Shape& sh) {
-  sh.for_columns([&](int64_t j, int64_t ch) { out[j] = per_channel[ch]; });
+  const int64_t values = sh.row_values();
+  ColumnExpander<T>(sh.s)(out, per_channel, sh.c, sh.c);
+  for (int64_t k = 1; k < sh.fold; ++k)
+    for (int64_t i = 0; i < values; ++i) out[k * values + i] = out[i];
 }
 
 // The float64 totals of chunk_grad_sums, which can go on over several runs (one horizontal sum
@@ -834,7 +868,7 @@ struct ColumnArrays {
   TaskBuffer<T> buf;
   const T* cols[5];
   ColumnArrays(const Shape& sh, const T* const (&per_channel)[5])
-      : buf(expanded(sh) ? 5 * sh.cols() : 0) {
+      : buf(expanded(sh) ? 5 * sh.cols() : 0, Uninitialised{}) {
     for (int i = 0; i < 5; ++i) {
       if (!expanded(sh) || per_channel[i] == nullptr) {
         cols[i] = per_channel[i];
@@ -951,11 +985,12 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
   const int64_t rest = sh.rest_rows();
   // Each column's reference (see chunk_moments): its channel's first value, x[ch * s].
   const bool expanded = ColumnArrays<T>::expanded(sh);
-  TaskBuffer<T> ref_buf(expanded ? cols : 0);
+  TaskBuffer<T> ref_buf(expanded ? cols + c : 0, Uninitialised{});
   const T* ref = x;
   if (expanded) {
-    T* out = ref_buf.data();
-    sh.for_columns([&](int64_t j, int64_t ch) { out[j] = x[ch * s]; });
+    T* firsts = ref_buf.data() + cols;
+    for (int64_t ch = 0; ch < c; ++ch) firsts[ch] = x[ch * s];
+    expand_to_columns(ref_buf.data(), firsts, sh);
     ref = ref_buf.data();
   }
   Workspace ws(static_cast<std::size_t>(3 * cols * blocks + 3 * values));
@@ -1467,12 +1502,13 @@ void train_backward_by_channel_block(T* dx, double* sum_dy, double* sum_dy_xhat,
 // flight), a third of float32 inference on wide tables through Python, 1 / 2 threads, medians of
 // 5 interleaved: (2, 65536) 332 -> 224 / 165 -> 117 us, (8, 25088) 196 -> 154 / 91 -> 72
 // (Sapphire Rapids, AVX-512; float64 unchanged).
+constexpr int64_t kAffineGroup = 4 * Vec<double>::width;  // channels taken at a time
 template <class T, class S>
 void channel_affines_of(T* mean_hi, T* scale, T* shift, T* invstd, const S* mean, const S* var,
                         const T* gamma, const T* beta, int64_t begin, int64_t end, double eps) {
   using D = Vec<double>;
   constexpr int64_t W = D::width;
-  constexpr int64_t kGroup = 4 * W;
+  constexpr int64_t kGroup = kAffineGroup;
   for (int64_t c0 = begin; c0 < end; c0 += kGroup) {
     const int64_t m = end - c0 < kGroup ? end - c0 : kGroup;
     // Scalar math: rstd = 1 / sqrt(var + eps)
@@ -1545,17 +1581,17 @@ bool by_column_group(const Shape& sh) {
 }
 
 // y = (x - mean) * scale + shift over columns [j0, j1) of every row of a column group (the
-// arrays per column); streamed stores where `stream`, x prefetched along its rows where kAhead
-// too (see apply_columns).
+// arrays per column of the group, from j0); streamed stores where `stream`, x prefetched along
+// its rows where kAhead too (see apply_columns).
 template <class T, bool kAhead>
 void apply_group(T* y, const T* x, const T* mean, const T* scale, const T* shift, int64_t rows,
                  int64_t cols, int64_t j0, int64_t j1, bool stream) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t off = r * cols + j0;
     if (stream)
-      apply_columns<T, true, kAhead>(y + off, x + off, mean + j0, scale + j0, shift + j0, j1 - j0);
+      apply_columns<T, true, kAhead>(y + off, x + off, mean, scale, shift, j1 - j0);
     else
-      apply_columns<T, false>(y + off, x + off, mean + j0, scale + j0, shift + j0, j1 - j0);
+      apply_columns<T, false>(y + off, x + off, mean, scale, shift, j1 - j0);
   }
 }
 
@@ -1584,7 +1620,8 @@ void train_forward_by_column_group(T* y, T* mean, T* invstd, double* batch_mean,
       }
       channel_affines_of(mean, scale, shift, invstd, batch_mean, batch_var, gamma, beta, j0, j1,
                          eps);
-      apply_group<T, false>(y, x, mean, scale, shift, rows, cols, j0, j1, stream);  // (x in cache)
+      apply_group<T, false>(y, x, mean + j0, scale + j0, shift + j0, rows, cols, j0, j1,
+                            stream);  // (x in cache)
     }
     if (stream) stream_fence();
   });
@@ -1645,36 +1682,56 @@ void train_backward_by_column_group(T* dx, double* sum_dy, double* sum_dy_xhat, 
 // 10 % (float32 (8, 25088) 1 thread 153 -> 165 us), and so did tables of a few rows, whose
 // groups follow each other along the same few rows (float32 (4, 200000) 1 thread 770 -> 881).
 // Sapphire Rapids, AVX-512.
+constexpr int64_t kPageBytes = 4096;
 template <class T>
 int64_t infer_group_columns(const Shape& sh) {
-  constexpr int64_t kPageBytes = 4096;
   constexpr int64_t kPage = kPageBytes / int64_t{sizeof(T)};
   const int64_t table_bytes = sh.rows() * sh.cols() * int64_t{sizeof(T)};
   const bool wide = sh.rows() >= kGroupRows / 2 && 2 * table_bytes > l2_cache_bytes();
   return wide ? kPage : kColGroup;
 }
 
-// The inference forward by column group (see by_column_group): per group, channel_affines_of
-// its channels, then y = (x - mean) * scale + shift. Against channel_affines then
-// batch_norm_apply, float32, 2 threads: (2, 65536) 0.22-0.25 -> 0.18-0.21 ms, (8, 25088)
-// 0.100-0.107 -> 0.082-0.097 (Zen 3, AVX2).
+// The inference forward by column group (see by_column_group), also for tables whose columns
+// are planes of s < kMinRun values (unfolded): per group, channel_affines_of its channels, their
+// constants expanded to its columns (s > 1), then y = (x - mean) * scale + shift. Against
+// channel_affines then batch_norm_apply, float32, 2 threads: (2, 65536) 0.22-0.25 -> 0.18-0.21
+// ms, (8, 25088) 0.100-0.107 -> 0.082-0.097 (Zen 3, AVX2). 4x4096x6 float32 (whole-table
+// constants already expanded by vectors), 1 / 2 threads: 42-46 -> 30-36 / 75-82 -> 22-33 us
+// (Sapphire Rapids, AVX-512; groups of channels not a multiple of kAffineGroup measured 52-55
+// us on 1 thread: channel_affines_of takes a group's last channels one at a time).
 template <class T>
 void infer_forward_by_column_group(T* y, T* mean, T* invstd, const T* x, const T* running_mean,
                                    const T* running_var, const T* gamma, const T* beta, double eps,
                                    const Shape& sh) {
-  const int64_t rows = sh.rows(), cols = sh.cols();
+  const int64_t rows = sh.rows(), cols = sh.cols(), c = sh.c, s = sh.s;
   const bool stream = stream_output<T>(sh);
-  TaskBuffer<T> buf(2 * cols, Uninitialised{});
+  TaskBuffer<T> buf(2 * c, Uninitialised{});
   T* scale = buf.data();
-  T* shift = scale + cols;
-  const int64_t width = infer_group_columns<T>(sh);
-  const int64_t work = (rows + kValuesPerChannel) * width;
-  parallel_for((cols + width - 1) / width, work, [&](int64_t g0, int64_t g1) {
+  T* shift = scale + c;
+  // Channels per group: with s > 1, a whole number of channel_affines_of's groups (a partial
+  // one goes a channel at a time) of at least `columns` columns.
+  const int64_t columns = infer_group_columns<T>(sh);
+  const int64_t group =
+      s == 1 ? columns : (columns / s + kAffineGroup) / kAffineGroup * kAffineGroup;
+  const int64_t work = (rows * s + kValuesPerChannel) * group;
+  const ColumnExpander<T> expand(s);
+  parallel_for((c + group - 1) / group, work, [&](int64_t g0, int64_t g1) {
+    constexpr int64_t kMaxColumns = kPageBytes / int64_t{sizeof(T)} + kAffineGroup * kMinRun;
+    T expanded[3 * kMaxColumns];  // (s > 1) the group's mean, scale and shift per column
     for (int64_t g = g0; g < g1; ++g) {
-      const int64_t j0 = g * width, j1 = j0 + width < cols ? j0 + width : cols;
-      channel_affines_of(mean, scale, shift, invstd, running_mean, running_var, gamma, beta, j0, j1,
-                         eps);
-      apply_group<T, true>(y, x, mean, scale, shift, rows, cols, j0, j1, stream);
+      const int64_t ch0 = g * group, ch1 = ch0 + group < c ? ch0 + group : c;
+      channel_affines_of(mean, scale, shift, invstd, running_mean, running_var, gamma, beta, ch0,
+                         ch1, eps);
+      const T *mean_g = mean + ch0, *scale_g = scale + ch0, *shift_g = shift + ch0;
+      if (s > 1) {
+        expand(expanded, mean_g, ch1 - ch0, c - ch0);
+        expand(expanded + kMaxColumns, scale_g, ch1 - ch0, c - ch0);
+        expand(expanded + 2 * kMaxColumns, shift_g, ch1 - ch0, c - ch0);
+        mean_g = expanded;
+        scale_g = expanded + kMaxColumns;
+        shift_g = expanded + 2 * kMaxColumns;
+      }
+      apply_group<T, true>(y, x, mean_g, scale_g, shift_g, rows, cols, ch0 * s, ch1 * s, stream);
     }
     if (stream) stream_fence();
   });
@@ -1685,7 +1742,7 @@ void batch_norm_infer_forward(T* y, T* mean, T* invstd, const T* x, const T* run
                               const T* running_var, const T* gamma, const T* beta, double eps,
                               int64_t n, int64_t c, int64_t s) {
   const Shape sh = folded<T>(Shape{n, c, s});
-  if (by_column_group(sh)) {
+  if (by_column_group(sh) || (sh.columns() && sh.fold == 1 && sh.n <= kGroupRows)) {
     infer_forward_by_column_group(y, mean, invstd, x, running_mean, running_var, gamma, beta, eps,
                                   sh);
     return;

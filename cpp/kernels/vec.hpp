@@ -276,6 +276,39 @@ inline Vec<T> blend_at(Vec<T> a, Vec<T> b, int k) {
 }
 #endif
 
+// Lane k of the result is lane idx[k] of a (idx: Vec<T>::width indices in [0, width)).
+#if defined(__AVX512F__)
+inline Vec<float> permute(Vec<float> a, const int32_t* idx) {
+  return {_mm512_permutexvar_ps(_mm512_loadu_si512(idx), a.v)};
+}
+inline Vec<double> permute(Vec<double> a, const int32_t* idx) {
+  const __m512i idx64 =
+      _mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)));
+  return {_mm512_permutexvar_pd(idx64, a.v)};
+}
+#elif defined(__AVX2__)
+inline Vec<float> permute(Vec<float> a, const int32_t* idx) {
+  return {_mm256_permutevar8x32_ps(a.v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)))};
+}
+inline Vec<double> permute(Vec<double> a, const int32_t* idx) {
+  // double lane i is float lanes 2i (low half) and 2i + 1
+  const __m256i twice = _mm256_slli_epi64(
+      _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx))), 1);
+  const __m256i pairs =
+      _mm256_or_si256(twice, _mm256_slli_epi64(_mm256_add_epi64(twice, _mm256_set1_epi64x(1)), 32));
+  return {_mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(a.v), pairs))};
+}
+#else  // SSE2 has no lane permute by register; scalar builds have one lane
+template <class T>
+inline Vec<T> permute(Vec<T> a, const int32_t* idx) {
+  constexpr int kWidth = Vec<T>::width;
+  T in[kWidth], out[kWidth];
+  a.store(in);
+  for (int k = 0; k < kWidth; ++k) out[k] = in[idx[k]];
+  return Vec<T>::load(out);
+}
+#endif
+
 // Orders this thread's streaming (non-temporal) stores before anything it does next.
 inline void stream_fence() {
 #if defined(__SSE2__)
