@@ -48,8 +48,8 @@ def test_folded_tables_match_reference(isa, shape, axis, dtype):
 # Planes of fewer than 16 values (the column layout with s > 1) expand each per-channel array
 # to the table's columns a vector at a time, permuting a vector of channels: periods of
 # lcm(s, width) columns, then single values once the next vector of channels would pass the last.
-# Inference on at most 32 rows goes by groups of channels (the last one partial), expanding
-# each group's constants; 40 rows expand the whole table's.
+# Inference and the training forward on at most 32 rows go by groups of channels (the last one
+# partial), expanding each group's constants; 40 rows expand the whole table's.
 SHORT_PLANES = [
     ((3, 37, 6), 1),
     ((2, 300, 5), 1),
