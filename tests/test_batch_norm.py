@@ -15,7 +15,15 @@ from checks import (
 from normkit import BatchNorm, reference
 
 DTYPES = [np.float32, np.float64]
-LAYOUTS = BN_CASES + [((8, 16, 7, 7), 1), ((2, 5, 4100), 1), ((3, 130), 1), ((1, 4, 2), 1)]
+# (runs of whole vectors, 4x4 and 8x8 planes, go a run at a time in the element-wise passes)
+LAYOUTS = BN_CASES + [
+    ((8, 16, 7, 7), 1),
+    ((2, 5, 4100), 1),
+    ((3, 130), 1),
+    ((1, 4, 2), 1),
+    ((3, 37, 4, 4), 1),
+    ((2, 7, 8, 8), 1),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
