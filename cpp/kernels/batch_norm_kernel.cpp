@@ -560,6 +560,16 @@ class ColumnExpander {
     for (int64_t ch = ch0; ch < channels; ++ch)
       for (int64_t t = 0; t < s_; ++t) out[j++] = per_channel[ch];
   }
+  // The K per-channel arrays `in` (of c channels) as arrays per column of the group of channels
+  // [ch0, ch1): in[i] + ch0 where s == 1, else expanded into room + i * stride.
+  template <int K>
+  void group(const T* (&out)[K], const T* const (&in)[K], T* room, int64_t stride, int64_t ch0,
+             int64_t ch1, int64_t c) const {
+    for (int i = 0; i < K; ++i) {
+      out[i] = s_ == 1 ? in[i] + ch0 : room + i * stride;
+      if (s_ > 1) (*this)(room + i * stride, in[i] + ch0, ch1 - ch0, c - ch0);
+    }
+  }
 
  private:
   int64_t s_, vectors_, channels_;  // a period: vectors_ vectors of channels_ channels
@@ -574,6 +584,14 @@ void expand_to_columns(T* out, const T* per_channel, const Shape& sh) {
   ColumnExpander<T>(sh.s)(out, per_channel, sh.c, sh.c);
   for (int64_t k = 1; k < sh.fold; ++k)
     for (int64_t i = 0; i < values; ++i) out[k * values + i] = out[i];
+}
+
+// Each column's reference for its moments (see chunk_moments): its channel's first value x[ch *
+// s], gathered into firsts (c values) and expanded into out (sh.cols() values).
+template <class T>
+void column_refs(T* out, T* firsts, const T* x, const Shape& sh) {
+  for (int64_t ch = 0; ch < sh.c; ++ch) firsts[ch] = x[ch * sh.s];
+  expand_to_columns(out, firsts, sh);
 }
 
 // The float64 totals of chunk_grad_sums, which can go on over several runs (one horizontal sum
@@ -999,9 +1017,7 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
   TaskBuffer<T> ref_buf(expanded ? cols + c : 0, Uninitialised{});
   const T* ref = x;
   if (expanded) {
-    T* firsts = ref_buf.data() + cols;
-    for (int64_t ch = 0; ch < c; ++ch) firsts[ch] = x[ch * s];
-    expand_to_columns(ref_buf.data(), firsts, sh);
+    column_refs(ref_buf.data(), ref_buf.data() + cols, x, sh);
     ref = ref_buf.data();
   }
   Workspace ws(static_cast<std::size_t>(3 * cols * blocks + 3 * values));
@@ -1636,14 +1652,12 @@ void train_forward_by_column_group(T* y, T* mean, T* invstd, double* batch_mean,
   TaskBuffer<T> buf(2 * c + (s > 1 ? cols + c : 0), Uninitialised{});
   T* scale = buf.data();
   T* shift = scale + c;
-  const ColumnExpander<T> expand(s);
   const T* ref = x;  // each column's reference (see chunk_moments): its channel's first value
   if (s > 1) {
-    T* firsts = shift + c + cols;
-    for (int64_t ch = 0; ch < c; ++ch) firsts[ch] = x[ch * s];
-    expand(shift + c, firsts, c, c);
+    column_refs(shift + c, shift + c + cols, x, sh);
     ref = shift + c;
   }
+  const ColumnExpander<T> expand(s);
   const int64_t group = group_channels(kColGroup, s);
   const int64_t work = (2 * rows * s + kValuesPerChannel) * group;
   parallel_for((c + group - 1) / group, work, [&](int64_t g0, int64_t g1) {
@@ -1661,17 +1675,10 @@ void train_forward_by_column_group(T* y, T* mean, T* invstd, double* batch_mean,
       }
       channel_affines_of(mean, scale, shift, invstd, batch_mean, batch_var, gamma, beta, ch0, ch1,
                          eps);
-      const T *mean_g = mean + ch0, *scale_g = scale + ch0, *shift_g = shift + ch0;
-      if (s > 1) {
-        expand(expanded, mean_g, ch1 - ch0, c - ch0);
-        expand(expanded + kMaxColumns, scale_g, ch1 - ch0, c - ch0);
-        expand(expanded + 2 * kMaxColumns, shift_g, ch1 - ch0, c - ch0);
-        mean_g = expanded;
-        scale_g = expanded + kMaxColumns;
-        shift_g = expanded + 2 * kMaxColumns;
-      }
-      apply_group<T, false>(y, x, mean_g, scale_g, shift_g, rows, cols, ch0 * s, ch1 * s,
-                            stream);  // (x in cache)
+      const T* per_column[3];
+      expand.group(per_column, {mean, scale, shift}, expanded, kMaxColumns, ch0, ch1, c);
+      apply_group<T, false>(y, x, per_column[0], per_column[1], per_column[2], rows, cols, ch0 * s,
+                            ch1 * s, stream);  // (x in cache)
     }
     if (stream) stream_fence();
   });
@@ -1768,16 +1775,10 @@ void infer_forward_by_column_group(T* y, T* mean, T* invstd, const T* x, const T
       const int64_t ch0 = g * group, ch1 = ch0 + group < c ? ch0 + group : c;
       channel_affines_of(mean, scale, shift, invstd, running_mean, running_var, gamma, beta, ch0,
                          ch1, eps);
-      const T *mean_g = mean + ch0, *scale_g = scale + ch0, *shift_g = shift + ch0;
-      if (s > 1) {
-        expand(expanded, mean_g, ch1 - ch0, c - ch0);
-        expand(expanded + kMaxColumns, scale_g, ch1 - ch0, c - ch0);
-        expand(expanded + 2 * kMaxColumns, shift_g, ch1 - ch0, c - ch0);
-        mean_g = expanded;
-        scale_g = expanded + kMaxColumns;
-        shift_g = expanded + 2 * kMaxColumns;
-      }
-      apply_group<T, true>(y, x, mean_g, scale_g, shift_g, rows, cols, ch0 * s, ch1 * s, stream);
+      const T* per_column[3];
+      expand.group(per_column, {mean, scale, shift}, expanded, kMaxColumns, ch0, ch1, c);
+      apply_group<T, true>(y, x, per_column[0], per_column[1], per_column[2], rows, cols, ch0 * s,
+                           ch1 * s, stream);
     }
     if (stream) stream_fence();
   });
