@@ -42,7 +42,8 @@ double ns_per_spin();  // one spin of an idle thread, counted low (timed once; a
 // spin after one wake-up. Calls from Python come further apart than the spin time counted for
 // normkit's GOMP_SPINCOUNT. Notes the call.
 bool back_to_back();
-void note_region_end();  // called by the thread that ran a parallel region, after it
+// Called by the thread that ran a loop, inline or as a parallel region (`parallel`), after it.
+void note_loop_end(bool parallel);
 
 // Threads for a parallel loop of n_tasks tasks and `elements` elements of work in all: at most
 // one per task and one per kMinElementsPerThread elements, or per kMinElementsPerAwakeThread
@@ -76,11 +77,12 @@ int64_t parallel_for(int64_t n_tasks, int64_t elements_per_task, bool awake, con
       const int64_t end = n_tasks * (t + 1) / team;
       if (begin < end) f(begin, end);
     }
-    note_region_end();
+    note_loop_end(true);
     return threads;
   }
 #endif
   f(0, n_tasks);
+  note_loop_end(false);
   return 1;
 }
 
@@ -100,7 +102,7 @@ void parallel_team(int64_t threads, const F& f) {
 #ifdef _OPENMP
 #pragma omp parallel num_threads(static_cast<int>(threads))
   f(int64_t{omp_get_thread_num()}, int64_t{omp_get_num_threads()});
-  if (threads > 1) note_region_end();
+  note_loop_end(threads > 1);
 #else
   (void)threads;
   f(int64_t{0}, int64_t{1});
@@ -136,13 +138,14 @@ void parallel_phases(int64_t n_first, int64_t n_second, int64_t elements, const 
       if (n_second * t / team < n_second * (t + 1) / team)
         second(n_second * t / team, n_second * (t + 1) / team);
     }
-    note_region_end();
+    note_loop_end(true);
     return;
   }
 #endif
   if (n_first > 0) first(0, n_first);
   middle();
   if (n_second > 0) second(0, n_second);
+  note_loop_end(false);
 }
 
 }  // namespace normkit
