@@ -1602,17 +1602,14 @@ void channel_affines(T* mean_hi, T* scale, T* shift, T* invstd, const S* mean, c
 // 6.0. With more rows, a group's rows a power of two apart share L2's sets and its second pass
 // no longer finds them there: (48, 32768) forward 1.3-1.7 -> 1.6-2.2 ms, (256, 1024) 0.10 ->
 // 0.15 (faster only on large tables of other widths).
+// The training and inference forwards also go by groups of channels on such tables whose
+// columns are planes of 1 < s < kMinRun values (unfolded), each group's per-channel constants
+// expanded to its columns (ColumnExpander) in a buffer of the task: by_channel_group.
 constexpr int64_t kGroupRows = 32;
-bool by_column_group(const Shape& sh) {
-  return sh.columns() && sh.s == 1 && sh.fold == 1 && sh.n >= 1 && sh.n <= kGroupRows;
-}
-
-// The training and inference forwards also go by groups of channels on such tables whose columns
-// are planes of 1 < s < kMinRun values (unfolded), each group's per-channel constants expanded
-// to its columns (ColumnExpander) in a buffer of the task.
 bool by_channel_group(const Shape& sh) {
   return sh.columns() && sh.fold == 1 && sh.n >= 1 && sh.n <= kGroupRows;
 }
+bool by_column_group(const Shape& sh) { return by_channel_group(sh) && sh.s == 1; }
 
 // Channels per group of by_channel_group for groups of about `columns` columns: with s > 1, a
 // whole number of channel_affines_of's groups (a partial one goes a channel at a time), at most
