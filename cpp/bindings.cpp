@@ -1,12 +1,16 @@
-// pybind11 bindings: convert and check arrays, allocate the outputs, release the GIL, call the
-// core. The Python layer (python/normkit) owns the user-facing API and its error messages; the
-// checks here only guarantee that the core never sees a buffer of the wrong type or size.
+// pybind11 bindings: convert and check arrays, allocate the outputs (copying inputs that overlap
+// a given one), release the GIL, call the core. The Python layer (python/normkit) owns the
+// user-facing API and its error messages; the checks here only guarantee that the core never sees a
+// buffer of the wrong type or size.
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <forward_list>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,7 +51,8 @@ py::array empty_like(const py::array& x) {
   return empty_array(Shape(x.shape(), x.shape() + x.ndim()), x.dtype());
 }
 
-// `out` if given (checked where its pointer is taken), else a new array shaped like x.
+// `out` if given (checked where its pointer is taken), else a new array shaped like x (its
+// inputs then cannot overlap it).
 py::array output_or_new(const py::object& out, const py::array& x) {
   return out.is_none() ? empty_like(x) : py::cast<py::array>(out);
 }
@@ -92,23 +97,69 @@ T* out_optional(const py::object& a, const char* name, int64_t size) {
   return out<T>(arr, name, size);
 }
 
+// The inputs of a kernel writing into y: one that overlaps y is copied first, so that writing y
+// cannot change a value the kernel has yet to read. x may be y itself (`may_be_y`): the kernels
+// read each value before writing it.
+template <class T>
+class Unaliased {
+ public:
+  Unaliased(const T* y, int64_t size) : y_(address(y)), y_end_(address(y + size)) {}
+
+  const T* operator()(const T* a, int64_t size, bool may_be_y = false) {
+    if (!a || address(a + size) <= y_ || y_end_ <= address(a)) return a;
+    if (may_be_y && address(a) == y_ && address(a + size) == y_end_) return a;
+    copies_.emplace_front(a, a + size);
+    return copies_.front().data();
+  }
+
+ private:
+  static std::uintptr_t address(const T* p) { return reinterpret_cast<std::uintptr_t>(p); }
+  std::uintptr_t y_, y_end_;
+  std::forward_list<std::vector<T>> copies_;
+};
+
+// The per-row or per-channel statistics a forward writes: new arrays of `shape` when the caller
+// wants them returned (`arrays` then holds them), else scratch memory (`scratch`): an array
+// costs a NumPy allocation, a sizeable share of a call on a small input.
+template <class T>
+struct Statistics {
+  py::object arrays[2] = {py::none(), py::none()};
+  std::unique_ptr<T[]> scratch;
+  T* data[2];
+
+  Statistics(const std::optional<Shape>& shape, int64_t size) {
+    if (shape) {
+      for (int k = 0; k < 2; ++k) {
+        py::array_t<T> a(*shape);
+        data[k] = out<T>(a, "statistics", size);
+        arrays[k] = std::move(a);
+      }
+    } else {
+      scratch.reset(new T[2 * static_cast<std::size_t>(size)]);
+      data[0] = scratch.get();
+      data[1] = data[0] + size;
+    }
+  }
+};
+
 template <class T>
 py::tuple layer_norm_forward_t(const py::array& x, const py::object& gamma, const py::object& beta,
-                               double eps, const py::object& y_out, const Shape& stats_shape,
-                               int64_t rows, int64_t cols) {
-  const T* x_p = in<T>(x, "x", rows * cols);
-  const T* gamma_p = in_optional<T>(gamma, "gamma", cols);
-  const T* beta_p = in_optional<T>(beta, "beta", cols);
+                               double eps, const py::object& y_out,
+                               const std::optional<Shape>& stats_shape, int64_t rows,
+                               int64_t cols) {
   py::array y = output_or_new(y_out, x);
-  py::array_t<T> mean(stats_shape), rstd(stats_shape);
   T* y_p = out<T>(y, "y", rows * cols);
-  T* mean_p = out<T>(mean, "mean", rows);
-  T* rstd_p = out<T>(rstd, "rstd", rows);
+  Unaliased<T> unaliased(y_p, rows * cols);
+  const T* x_p = unaliased(in<T>(x, "x", rows * cols), rows * cols, true);
+  const T* gamma_p = unaliased(in_optional<T>(gamma, "gamma", cols), cols);
+  const T* beta_p = unaliased(in_optional<T>(beta, "beta", cols), cols);
+  Statistics<T> stats(stats_shape, rows);
   {
     py::gil_scoped_release release;
-    normkit::layer_norm_forward<T>(y_p, mean_p, rstd_p, x_p, gamma_p, beta_p, rows, cols, eps);
+    normkit::layer_norm_forward<T>(y_p, stats.data[0], stats.data[1], x_p, gamma_p, beta_p, rows,
+                                   cols, eps);
   }
-  return py::make_tuple(y, mean, rstd);
+  return py::make_tuple(y, stats.arrays[0], stats.arrays[1]);
 }
 
 template <class T>
@@ -138,23 +189,23 @@ template <class T>
 py::tuple batch_norm_forward_t(const py::array& x, const py::object& running_mean,
                                const py::object& running_var, const py::object& gamma,
                                const py::object& beta, const py::object& y_out, int64_t n,
-                               int64_t c, int64_t s, bool training, double momentum, double eps) {
-  const T* x_p = in<T>(x, "x", n * c * s);
+                               int64_t c, int64_t s, bool training, double momentum, double eps,
+                               bool stats_wanted) {
+  py::array y = output_or_new(y_out, x);
+  T* y_p = out<T>(y, "y", n * c * s);
+  Unaliased<T> unaliased(y_p, n * c * s);
+  const T* x_p = unaliased(in<T>(x, "x", n * c * s), n * c * s, true);
   T* rm_p = out_optional<T>(running_mean, "running_mean", c);
   T* rv_p = out_optional<T>(running_var, "running_var", c);
-  const T* gamma_p = in_optional<T>(gamma, "gamma", c);
-  const T* beta_p = in_optional<T>(beta, "beta", c);
-  py::array y = output_or_new(y_out, x);
-  py::array_t<T> mean(c), invstd(c);
-  T* y_p = out<T>(y, "y", n * c * s);
-  T* mean_p = out<T>(mean, "mean", c);
-  T* invstd_p = out<T>(invstd, "invstd", c);
+  const T* gamma_p = unaliased(in_optional<T>(gamma, "gamma", c), c);
+  const T* beta_p = unaliased(in_optional<T>(beta, "beta", c), c);
+  Statistics<T> stats(stats_wanted ? std::optional<Shape>(Shape{c}) : std::nullopt, c);
   {
     py::gil_scoped_release release;
-    normkit::batch_norm_forward<T>(y_p, mean_p, invstd_p, rm_p, rv_p, x_p, gamma_p, beta_p, n, c, s,
-                                   training, momentum, eps);
+    normkit::batch_norm_forward<T>(y_p, stats.data[0], stats.data[1], rm_p, rv_p, x_p, gamma_p,
+                                   beta_p, n, c, s, training, momentum, eps);
   }
-  return py::make_tuple(y, mean, invstd);
+  return py::make_tuple(y, stats.arrays[0], stats.arrays[1]);
 }
 
 template <class T>
@@ -199,7 +250,7 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "layer_norm_forward",
       [](const py::array& x, const py::object& gamma, const py::object& beta, double eps,
-         const py::object& y, const Shape& stats_shape, int64_t rows, int64_t cols) {
+         const py::object& y, const std::optional<Shape>& stats_shape, int64_t rows, int64_t cols) {
         if (is_float32(x))
           return layer_norm_forward_t<float>(x, gamma, beta, eps, y, stats_shape, rows, cols);
         return layer_norm_forward_t<double>(x, gamma, beta, eps, y, stats_shape, rows, cols);
@@ -207,7 +258,8 @@ PYBIND11_MODULE(_core, m) {
       py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("eps"), py::arg("y"),
       py::arg("stats_shape"), py::arg("rows"), py::arg("cols"),
       "LayerNorm forward over the last axis of a C-contiguous (rows, cols) array: (y, mean, "
-      "rstd), y written into `y` if given; mean and rstd new arrays of stats_shape.");
+      "rstd), y written into `y` if given; mean and rstd new arrays of stats_shape, or None "
+      "when stats_shape is None.");
 
   m.def(
       "layer_norm_backward",
@@ -226,18 +278,19 @@ PYBIND11_MODULE(_core, m) {
       "batch_norm_forward",
       [](const py::array& x, const py::object& running_mean, const py::object& running_var,
          const py::object& gamma, const py::object& beta, const py::object& y, int64_t n, int64_t c,
-         int64_t s, bool training, double momentum, double eps) {
+         int64_t s, bool training, double momentum, double eps, bool stats) {
         if (is_float32(x))
           return batch_norm_forward_t<float>(x, running_mean, running_var, gamma, beta, y, n, c, s,
-                                             training, momentum, eps);
+                                             training, momentum, eps, stats);
         return batch_norm_forward_t<double>(x, running_mean, running_var, gamma, beta, y, n, c, s,
-                                            training, momentum, eps);
+                                            training, momentum, eps, stats);
       },
       py::arg("x"), py::arg("running_mean"), py::arg("running_var"), py::arg("gamma"),
       py::arg("beta"), py::arg("y"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("training"),
-      py::arg("momentum"), py::arg("eps"),
+      py::arg("momentum"), py::arg("eps"), py::arg("stats"),
       "BatchNorm forward over x viewed as (n, c, s): (y, mean, invstd), y written into `y` if "
-      "given; updates running statistics in place when training.");
+      "given, mean and invstd new arrays if `stats`, else None; updates running statistics in "
+      "place when training.");
 
   m.def(
       "batch_norm_backward",

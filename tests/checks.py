@@ -132,6 +132,8 @@ def check_layer_norm(shape, dtype, mean_offset=0.0, affine=True, seed=0):
     assert_close(y, y_ref, dtype, f"y {shape} {dtype.__name__}", scale=y_sc)
     assert_close(mean, mean_ref, dtype, "mean", scale=mean_sc)
     assert_close(rstd, rstd_ref, dtype, "rstd")
+    # layer_norm returns y alone, its statistics written to scratch memory: the same bits.
+    np.testing.assert_array_equal(normkit.layer_norm(x, gamma, beta), y)
 
     # The backward is checked at the statistics it was given (those of the forward).
     dx, dgamma, dbeta = normkit.layer_norm_backward(dy, x, mean, rstd, gamma)
@@ -226,6 +228,13 @@ def check_batch_norm(shape, axis, dtype, mean_offset=0.0, affine=True, seed=0):
         assert_close(invstd, invstd_ref, dtype, f"invstd {what}")
         assert_close(rm, rm_ref, dtype, f"running_mean {what}")
         assert_close(rv, rv_ref, dtype, f"running_var {what}")
+        # batch_norm returns y alone, its statistics written to scratch memory: the same bits.
+        rm_alone, rv_alone = running_mean.copy(), running_var.copy()
+        y_alone = normkit.batch_norm(
+            x, rm_alone, rv_alone, gamma, beta, training=training, momentum=0.2, axis=axis
+        )
+        for got, expected in ((y_alone, y), (rm_alone, rm), (rv_alone, rv)):
+            np.testing.assert_array_equal(got, expected, err_msg=what)
 
         dx, dgamma, dbeta = normkit.batch_norm_backward(
             dy, x, mean, invstd, gamma, training=training, axis=axis

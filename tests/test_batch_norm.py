@@ -243,6 +243,20 @@ def test_out_in_place(isa, rng, shape, training):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_out_overlapping_its_inputs(rng, training):
+    # x shifted by one image against out, gamma and beta views into out: each is read as it was
+    # before out is written.
+    buf = rng.standard_normal(7 * 3 * 5)
+    x, out = buf[:90].reshape(6, 3, 5), buf[15:].reshape(6, 3, 5)
+    gamma, beta = out[0, 1, :3], out[5, :, 4]
+    rm, rv = rng.standard_normal(3), np.full(3, 2.0)
+    args = (x.copy(), rm.copy(), rv.copy(), gamma.copy(), beta.copy())
+    expected = normkit.batch_norm(*args, training=training)
+    normkit.batch_norm(x, rm, rv, gamma, beta, training=training, out=out)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_misaligned_out_of_a_streamed_array(isa, layout, training):
     # Outputs from the streaming size on are written with aligned streaming stores; an out=

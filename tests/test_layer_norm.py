@@ -315,6 +315,16 @@ def test_out_overlapping_x_partially(rng):
     np.testing.assert_array_equal(out, expected)
 
 
+def test_out_holding_gamma_and_beta(rng):
+    # gamma and beta are views into out: they are read as they were before out is written.
+    x = rng.standard_normal((10, 40))
+    out = rng.standard_normal((10, 40))
+    gamma, beta = out[3], out[7, ::-1]
+    expected = normkit.layer_norm(x, gamma.copy(), beta.copy())
+    normkit.layer_norm(x, gamma, beta, out=out)
+    np.testing.assert_array_equal(out, expected)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cols", [33, 128])  # short rows of any length; float32 128: 8 vectors
 def test_nan_and_inf_stay_in_their_row(rng, cols, dtype):

@@ -18,23 +18,35 @@ from . import _checks, _core
 
 def _layout(x: np.ndarray, axis) -> tuple[int, int, int]:
     """(n, c, s): x viewed as n blocks of c channels of s contiguous values."""
-    if x.ndim < 2:
-        raise ValueError(f"x: expected at least 2 dimensions (batch, channels, ...), got {x.shape}")
+    shape = x.shape
+    ndim = len(shape)
+    if ndim < 2:
+        raise ValueError(f"x: expected at least 2 dimensions (batch, channels, ...), got {shape}")
+    if type(axis) is not int:  # (bool is not int: it fails in _channel_axis)
+        axis = _channel_axis(axis)
+    if not -ndim <= axis < ndim:
+        raise _checks.AxisError(f"axis {axis} is out of bounds for array of dimension {ndim}")
+    if axis < 0:
+        axis += ndim
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :])
+
+
+def _channel_axis(axis) -> int:
     if isinstance(axis, (bool, np.bool_)):
         raise TypeError(f"axis: expected an int, got {axis!r}")
     try:
-        axis = operator.index(axis)
+        return operator.index(axis)
     except TypeError:
         raise TypeError(f"axis: expected an int (the channel axis), got {axis!r}") from None
-    if not -x.ndim <= axis < x.ndim:
-        raise _checks.AxisError(f"axis {axis} is out of bounds for array of dimension {x.ndim}")
-    axis %= x.ndim
-    return math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1 :])
 
 
 def _running(a, name: str, dtype: np.dtype, c: int):
     if a is None:
         return None
+    if type(a) is np.ndarray and a.dtype is dtype and a.shape == (c,):
+        flags = a.flags
+        if flags.c_contiguous and flags.writeable:
+            return a  # the common case, without the messages below
     if not isinstance(a, np.ndarray):
         raise ValueError(
             f"{name}: expected a numpy.ndarray (it is updated in place), got {type(a).__name__}"
@@ -49,6 +61,8 @@ def _running(a, name: str, dtype: np.dtype, c: int):
 
 
 def _momentum(momentum) -> float:
+    if type(momentum) is float and math.isfinite(momentum):
+        return momentum
     if momentum is None:
         raise ValueError(
             "momentum=None (a cumulative average) needs a count of batches: use "
@@ -60,7 +74,7 @@ def _momentum(momentum) -> float:
     return value
 
 
-def _forward(x, running_mean, running_var, gamma, beta, training, momentum, eps, axis, out):
+def _forward(x, running_mean, running_var, gamma, beta, training, momentum, eps, axis, out, stats):
     x = _checks.float_array(x, "x")
     n, c, s = _layout(x, axis)
     eps = _checks.eps_value(eps)
@@ -80,10 +94,22 @@ def _forward(x, running_mean, running_var, gamma, beta, training, momentum, eps,
     if running_mean is None and count < 1:
         raise ValueError(f"x: no values per channel to take statistics from (shape {x.shape})")
     if out is not None:
-        out, x, gamma, beta = _checks.output_for(out, x, gamma, beta)
+        out = _checks.out_array(out, x.shape, x.dtype)  # (inputs overlapping it: see _core)
     x = np.ascontiguousarray(x)
     return _core.batch_norm_forward(
-        x, running_mean, running_var, gamma, beta, out, n, c, s, bool(training), momentum, eps
+        x,
+        running_mean,
+        running_var,
+        gamma,
+        beta,
+        out,
+        n,
+        c,
+        s,
+        bool(training),
+        momentum,
+        eps,
+        stats,
     )
 
 
@@ -110,7 +136,7 @@ def batch_norm(
     ``out`` (C-contiguous, shape and dtype of ``x``) receives the result and may be ``x``.
     """
     y, _, _ = _forward(
-        x, running_mean, running_var, gamma, beta, training, momentum, eps, axis, out
+        x, running_mean, running_var, gamma, beta, training, momentum, eps, axis, out, False
     )
     return y
 
@@ -130,7 +156,9 @@ def batch_norm_forward(
     """``(y, mean, invstd)``: the output and the per-channel statistics it used (the batch's in
     training or without running statistics, the running ones in inference), with
     ``invstd = 1 / sqrt(var + eps)``."""
-    return _forward(x, running_mean, running_var, gamma, beta, training, momentum, eps, axis, None)
+    return _forward(
+        x, running_mean, running_var, gamma, beta, training, momentum, eps, axis, None, True
+    )
 
 
 def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, training=True, axis=1):

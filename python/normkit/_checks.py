@@ -26,6 +26,8 @@ def float_array(a: Any, name: str) -> np.ndarray:
 
 def like(a: Any, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     """``a`` checked to have ``dtype`` and ``shape``, C-contiguous (copied only if needed)."""
+    if type(a) is np.ndarray and a.dtype is dtype and a.shape == shape and a.flags.c_contiguous:
+        return a
     arr = a if type(a) is np.ndarray else np.asarray(a)
     if arr.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the dtype of x), got {arr.dtype}")
@@ -49,6 +51,8 @@ def real_value(value: Any, name: str) -> float:
 
 
 def eps_value(eps: Any) -> float:
+    if type(eps) is float and 0.0 <= eps < math.inf:
+        return eps
     value = real_value(eps, "eps")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"eps: expected a finite number >= 0, got {value}")
@@ -98,23 +102,3 @@ def out_array(out: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     if not out.flags.writeable:
         raise ValueError("out: expected a writeable array")
     return out
-
-
-def unaliased(a: np.ndarray | None, out: np.ndarray, allow_same: bool = False):
-    """``a``, copied if it overlaps ``out`` (except, with allow_same, when it *is* out's memory)."""
-    if a is None or not np.may_share_memory(a, out):
-        return a
-    same = (
-        a.__array_interface__["data"][0] == out.__array_interface__["data"][0]
-        and a.strides == out.strides
-        and a.shape == out.shape
-    )
-    return a if (allow_same and same) else a.copy()
-
-
-def output_for(out, x: np.ndarray, *params):
-    """(out, x, *params) for a normalization writing into ``out``: out checked, with any input
-    that overlaps it copied first (x may be out itself: the kernels read each value before
-    writing it)."""
-    y = out_array(out, x.shape, x.dtype)
-    return (y, unaliased(x, y, allow_same=True), *(unaliased(p, y) for p in params))

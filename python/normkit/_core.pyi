@@ -6,10 +6,10 @@ def layer_norm_forward(
     beta: np.ndarray | None,
     eps: float,
     y: np.ndarray | None,
-    stats_shape: tuple[int, ...],
+    stats_shape: tuple[int, ...] | None,
     rows: int,
     cols: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]: ...
 def layer_norm_backward(
     dy: np.ndarray,
     x: np.ndarray,
@@ -42,7 +42,8 @@ def batch_norm_forward(
     training: bool,
     momentum: float,
     eps: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    stats: bool,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]: ...
 def batch_norm_backward(
     dy: np.ndarray,
     x: np.ndarray,

@@ -20,16 +20,17 @@ def _split(x: np.ndarray, axis: Any) -> tuple[tuple[int, ...], tuple[int, ...], 
     return batch_shape, norm_shape, x.size // cols, cols
 
 
-def _forward(x, gamma, beta, eps, axis, out):
+def _forward(x, gamma, beta, eps, axis, out, stats):
     x = _checks.float_array(x, "x")
     batch_shape, norm_shape, rows, cols = _split(x, axis)
     eps = _checks.eps_value(eps)
     gamma = _checks.optional_like(gamma, "gamma", x.dtype, norm_shape)
     beta = _checks.optional_like(beta, "beta", x.dtype, norm_shape)
     if out is not None:
-        out, x, gamma, beta = _checks.output_for(out, x, gamma, beta)
+        out = _checks.out_array(out, x.shape, x.dtype)  # (inputs overlapping it: see _core)
     x = np.ascontiguousarray(x)
-    return _core.layer_norm_forward(x, gamma, beta, eps, out, batch_shape, rows, cols)
+    stats_shape = batch_shape if stats else None
+    return _core.layer_norm_forward(x, gamma, beta, eps, out, stats_shape, rows, cols)
 
 
 def layer_norm(x, gamma=None, beta=None, *, eps=1e-5, axis=-1, out=None) -> np.ndarray:
@@ -40,7 +41,7 @@ def layer_norm(x, gamma=None, beta=None, *, eps=1e-5, axis=-1, out=None) -> np.n
     ``out`` (C-contiguous, shape and dtype of ``x``) receives the result and may be ``x``
     itself for an in-place normalization.
     """
-    return _forward(x, gamma, beta, eps, axis, out)[0]
+    return _forward(x, gamma, beta, eps, axis, out, False)[0]
 
 
 def layer_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, axis=-1):
@@ -49,7 +50,7 @@ def layer_norm_forward(x, gamma=None, beta=None, *, eps=1e-5, axis=-1):
     ``mean`` and ``rstd = 1 / sqrt(var + eps)`` have shape ``x.shape[:-k]`` for k normalized
     axes and the dtype of ``x``.
     """
-    return _forward(x, gamma, beta, eps, axis, None)
+    return _forward(x, gamma, beta, eps, axis, None, True)
 
 
 def layer_norm_backward(dy, x, mean, rstd, gamma=None, *, axis=-1):
