@@ -1,9 +1,11 @@
 #pragma once
 // Benchmark buffers aligned to 64 bytes (a cache line, an AVX-512 register), for normkit and its
 // peers alike: normkit's Python API hands out large outputs aligned so, and a misaligned output
-// would cost streaming stores a scalar head and tail on every short row.
+// would cost streaming stores a scalar head and tail on every short row. And the values that fill
+// them.
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 #include <vector>
@@ -28,5 +30,18 @@ struct Aligned64 {
 
 template <class T>
 using Buffer = std::vector<T, Aligned64<T>>;
+
+// Uniform values in [-1, 1) from a 64-bit LCG: cheap enough for arrays of 10^8 values (the
+// kernels' speed does not depend on the values' distribution).
+template <class T>
+Buffer<T> random_values(std::size_t n, unsigned seed) {
+  std::uint64_t state = 0x9E3779B97F4A7C15ull * (seed + 1);
+  Buffer<T> v(n);
+  for (auto& e : v) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    e = static_cast<T>(static_cast<double>(state >> 11) * 0x1.0p-52 - 1.0);
+  }
+  return v;
+}
 
 }  // namespace normkit_bench

@@ -16,12 +16,12 @@
 namespace normkit_bench {
 namespace {
 
-// Median seconds per call of f() over 9 timed batches on `threads` threads. A batch repeats f
-// for at least kMinBatch (one call for arrays from memory; many for small ones, whose single
+// Median seconds per call of f() over `batches` timed batches on `threads` threads. A batch repeats
+// f for at least kMinBatch (one call for arrays from memory; many for small ones, whose single
 // calls took 10-50 us and whose median of 9 moved by a factor of two between runs of the same
 // binary), after one untimed batch that brings the buffers into the caches and wakes the threads.
 template <class F>
-double median_seconds(int threads, const F& f) {
+double median_seconds(int threads, int batches, const F& f) {
   using Clock = std::chrono::steady_clock;
   constexpr double kMinBatch = 2e-3;
   const int before = normkit::get_num_threads();
@@ -35,7 +35,7 @@ double median_seconds(int threads, const F& f) {
   const int64_t calls = first >= kMinBatch ? 1 : static_cast<int64_t>(kMinBatch / first) + 1;
   batch(calls);
   std::vector<double> times;
-  for (int rep = 0; rep < 9; ++rep) times.push_back(batch(calls));
+  for (int rep = 0; rep < batches; ++rep) times.push_back(batch(calls));
   normkit::set_num_threads(before);
   std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
   return times[times.size() / 2];
@@ -84,20 +84,20 @@ void block_out(uint32_t* out, const uint32_t* in, int64_t stride, bool two_input
 
 }  // namespace
 
-double copy_seconds(std::size_t bytes, int threads) {
+double copy_seconds(std::size_t bytes, int threads, int batches) {
   const std::size_t half = bytes / 2;
   char *src = reused<char>(0, half), *dst = reused<char>(1, half);
-  return median_seconds(threads, [&] { normkit::parallel_copy(dst, src, half); });
+  return median_seconds(threads, batches, [&] { normkit::parallel_copy(dst, src, half); });
 }
 
-double two_pass_seconds(std::size_t in_bytes, std::size_t out_bytes, int threads) {
+double two_pass_seconds(std::size_t in_bytes, std::size_t out_bytes, int threads, int batches) {
   const int64_t n_out = static_cast<int64_t>(out_bytes / 4);
   const bool two_inputs = in_bytes >= 2 * out_bytes;
   const int64_t n_in = two_inputs ? 2 * n_out : n_out;
   const uint32_t* in = reused<uint32_t>(0, static_cast<std::size_t>(n_in));
   uint32_t* out = reused<uint32_t>(1, static_cast<std::size_t>(n_out));
   std::vector<uint32_t> sums(static_cast<std::size_t>((n_in + kWords - 1) / kWords));
-  return median_seconds(threads, [&] {
+  return median_seconds(threads, batches, [&] {
     normkit::parallel_for(static_cast<int64_t>(sums.size()), kWords, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
         sums[b] = block_sum(in + b * kWords, std::min(kWords, n_in - b * kWords));

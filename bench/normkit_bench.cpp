@@ -32,6 +32,7 @@
 namespace {
 
 using normkit_bench::Buffer;
+using normkit_bench::random_values;
 
 struct LayerNormShape {
   int64_t rows, cols;
@@ -50,16 +51,9 @@ const BatchNormShape kBatchNormShapes[] = {{"32x64x56x56", 32, 64, 56 * 56},
                                            {"nhwc_32x56x56x64", 32 * 56 * 56, 64, 1},
                                            {"32x16384", 32, 16384, 1}};
 
-// Uniform values in [-1, 1) from a 64-bit LCG: cheap enough for arrays of 10^8 values.
-template <class T>
-Buffer<T> random_values(std::size_t n, unsigned seed) {
-  std::uint64_t state = 0x9E3779B97F4A7C15ull * (seed + 1);
-  Buffer<T> v(n);
-  for (auto& e : v) {
-    state = state * 6364136223846793005ull + 1442695040888963407ull;
-    e = static_cast<T>(static_cast<double>(state >> 11) * 0x1.0p-52 - 1.0);
-  }
-  return v;
+// Batches of a kernel's yardsticks: as many as the kernel's timed iterations, up to 9.
+int yardstick_batches(const benchmark::State& state) {
+  return state.iterations() < 9 ? static_cast<int>(state.iterations()) : 9;
 }
 
 // Times f with real time; reports bytes, GB/s and the percentage of a copy of `bytes`, and
@@ -76,8 +70,10 @@ double run(benchmark::State& state, double bytes, int threads, const std::functi
   const double per_iteration = seconds / static_cast<double>(state.iterations());
   state.counters["bytes"] = bytes;
   state.counters["GB/s"] = bytes / per_iteration / 1e9;
-  state.counters["pct_of_copy"] =
-      100.0 * normkit_bench::copy_seconds(static_cast<std::size_t>(bytes), threads) / per_iteration;
+  state.counters["pct_of_copy"] = 100.0 *
+                                  normkit_bench::copy_seconds(static_cast<std::size_t>(bytes),
+                                                              threads, yardstick_batches(state)) /
+                                  per_iteration;
   return per_iteration;
 }
 
@@ -88,7 +84,8 @@ void report_two_pass(benchmark::State& state, double seconds, double in_bytes, d
   state.counters["pct_of_two_pass"] =
       100.0 *
       normkit_bench::two_pass_seconds(static_cast<std::size_t>(in_bytes),
-                                      static_cast<std::size_t>(out_bytes), threads) /
+                                      static_cast<std::size_t>(out_bytes), threads,
+                                      yardstick_batches(state)) /
       seconds;
 }
 

@@ -4,7 +4,6 @@
 
 #include <memory>
 #include <oneapi/dnnl/dnnl.hpp>
-#include <random>
 #include <unordered_map>
 #include <vector>
 
@@ -31,12 +30,9 @@ struct Case {
   dnnl::primitive primitive;
   std::unordered_map<int, memory> args;
 
-  memory make(const memory::desc& md, float fill_mean = 0.0f) {
-    normkit_bench::Buffer<float> data(md.get_size() / sizeof(float));
-    std::mt19937 gen(static_cast<unsigned>(storage.size() + 1));
-    std::normal_distribution<float> dist(fill_mean, 1.0f);
-    for (auto& v : data) v = dist(gen);
-    storage.push_back(std::move(data));
+  memory make(const memory::desc& md) {
+    const auto seed = static_cast<unsigned>(storage.size() + 1);
+    storage.push_back(normkit_bench::random_values<float>(md.get_size() / sizeof(float), seed));
     return memory(md, engine(), storage.back().data());
   }
   std::function<void()> call(std::shared_ptr<Case> self) {
