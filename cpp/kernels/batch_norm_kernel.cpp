@@ -151,6 +151,63 @@ double biased_variance(const Moments& m) {
   return var < 0.0 ? 0.0 : var;  // rounding can leave a tiny negative; NaN passes through
 }
 
+// The batch mean and biased variance of channels [ch0, ch1) from their parts (a count, a mean
+// relative to the channel's first value x[ch * s], and an m2 each), channel ch's part q at
+// parts + 3 * (ch - ch0) * s + part(q), merged in part order in two passes (no division per
+// part, unlike merge). Scalar math per channel:
+//   N = sum(count_q);  mean = sum(count_q * mean_q) / N;  m2 = sum(m2_q + count_q * (mean_q -
+//   mean)^2);  batch_mean = x[ch * s] + mean;  batch_var = max(m2 / N, 0)
+// The sums go a channel at a time, the divisions a vector of channels at a time (the same bits):
+// one channel at a time, each channel's two divisions held up its next sums on tables of a few
+// rows and many channels. Float32 training forward, fastest of 31 batches, 3 interleaved rounds,
+// 1 thread: (32, 16384) 438-562 -> 320-385 us, (8, 25088) 312-512 -> 216-261; 2 threads: (32,
+// 16384) 203-286 -> 169-229, (1024, 1024) 422-471 -> 377-428. (4, 4096, 6), whose channels add
+// 6 parts each, unchanged (Sapphire Rapids, AVX-512).
+template <class T, class Part>
+void channel_moments(double* batch_mean, double* batch_var, const T* x, int64_t s, int64_t ch0,
+                     int64_t ch1, const double* parts, int64_t n_parts, const Part& part) {
+  using D = Vec<double>;
+  constexpr int64_t kGroup = 8 * D::width;  // channels at a time
+  for (int64_t g0 = ch0; g0 < ch1; g0 += kGroup) {
+    const int64_t m = ch1 - g0 < kGroup ? ch1 - g0 : kGroup;
+    const int64_t m_vec = (m + D::width - 1) / D::width * D::width;
+    alignas(64) double count[kGroup], mean[kGroup], m2[kGroup];
+    for (int64_t k = 0; k < m; ++k) {
+      const double* channel = parts + 3 * (g0 - ch0 + k) * s;
+      double n = 0.0, weighted = 0.0;
+      for (int64_t q = 0; q < n_parts; ++q) {
+        const double* p = channel + part(q);
+        n += p[0];
+        weighted += p[0] * p[1];
+      }
+      count[k] = n;
+      mean[k] = weighted;  // (divided below)
+    }
+    for (int64_t k = m; k < m_vec; ++k) count[k] = 1.0, mean[k] = m2[k] = 0.0;  // (past the last)
+    // mean = weighted / N
+    for (int64_t k = 0; k < m_vec; k += D::width)
+      (D::load(mean + k) / D::load(count + k)).store(mean + k);
+    for (int64_t k = 0; k < m; ++k) {
+      const double* channel = parts + 3 * (g0 - ch0 + k) * s;
+      double sum = 0.0;
+      for (int64_t q = 0; q < n_parts; ++q) {
+        const double* p = channel + part(q);
+        const double delta = p[1] - mean[k];
+        sum += p[2] + p[0] * delta * delta;
+      }
+      m2[k] = sum;
+    }
+    // batch_var = max(m2 / N, 0)   (rounding can leave a tiny negative; NaN passes through)
+    const D zero = D::broadcast(0.0);
+    for (int64_t k = 0; k < m_vec; k += D::width)
+      floor_at(D::load(m2 + k) / D::load(count + k), zero).store(m2 + k);
+    for (int64_t k = 0; k < m; ++k) {
+      batch_mean[g0 + k] = static_cast<double>(x[(g0 + k) * s]) + mean[k];
+      batch_var[g0 + k] = m2[k];
+    }
+  }
+}
+
 // The runs layout's statistics take one shift per channel: its reference value ref = x[ch * s]
 // (its first value). A unit stores only the sums of d = x - ref and d^2 over its values
 // (shifted_sums); the channel adds its units' sums in unit order and turns them into moments
@@ -1036,12 +1093,8 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
     column_moments(rest_parts + 3 * j, x_rest, ref[j], values, j, 0, rest);
   const ChannelParts part(sh, 3);
   parallel_for(c, 3 * part.count(), [&](int64_t c0, int64_t c1) {
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      const double* channel = parts + 3 * ch * s;
-      const Moments m = combine(part.count(), [&](int64_t q) { return channel + part[q]; });
-      mean[ch] = static_cast<double>(x[ch * s]) + m.mean;
-      var[ch] = biased_variance(m);
-    }
+    channel_moments(mean, var, x, s, c0, c1, parts + 3 * c0 * s, part.count(),
+                    [&](int64_t q) { return part[q]; });
   });
 }
 
@@ -1664,12 +1717,8 @@ void train_forward_by_column_group(T* y, T* mean, T* invstd, double* batch_mean,
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t ch0 = g * group, ch1 = ch0 + group < c ? ch0 + group : c;
       task_moments(parts, x, ref, sh, tiles, 0, rows, ch0 * s, ch1 * s);
-      for (int64_t ch = ch0; ch < ch1; ++ch) {
-        const double* channel = parts + 3 * (ch - ch0) * s;
-        const Moments m = combine(s, [&](int64_t t) { return channel + 3 * t; });
-        batch_mean[ch] = static_cast<double>(x[ch * s]) + m.mean;
-        batch_var[ch] = biased_variance(m);
-      }
+      channel_moments(batch_mean, batch_var, x, s, ch0, ch1, parts, s,
+                      [](int64_t t) { return 3 * t; });
       channel_affines_of(mean, scale, shift, invstd, batch_mean, batch_var, gamma, beta, ch0, ch1,
                          eps);
       const T* per_column[3];

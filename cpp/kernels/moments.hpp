@@ -172,27 +172,6 @@ inline Moments merge(const Moments& a, const Moments& b) {
           a.m2 + b.m2 + delta * delta * (a.count * (b.count / count))};
 }
 
-// Moments of the union of n_parts disjoint parts, part(k) -> const double* to a (count, mean,
-// m2) triple, combined in two passes in part order (no division per part, unlike merge):
-//   mean = sum(count_k * mean_k) / N;   m2 = sum(m2_k + count_k * (mean_k - mean)^2)
-template <class Part>
-Moments combine(int64_t n_parts, const Part& part) {
-  double count = 0.0, weighted = 0.0;
-  for (int64_t k = 0; k < n_parts; ++k) {
-    const double* p = part(k);
-    count += p[0];
-    weighted += p[0] * p[1];
-  }
-  const double mean = weighted / count;
-  double m2 = 0.0;
-  for (int64_t k = 0; k < n_parts; ++k) {
-    const double* p = part(k);
-    const double delta = p[1] - mean;
-    m2 += p[2] + p[0] * delta * delta;
-  }
-  return {count, mean, m2};
-}
-
 // Values of a run longer than this are taken chunk by chunk (each chunk stays in L1 while its
 // pass runs) and the chunk moments merged in order.
 constexpr int64_t kChunk = 4096;  // a multiple of every vector width
