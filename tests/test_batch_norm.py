@@ -538,10 +538,13 @@ def test_float32_statistics_of_2_pow_24_values(axis):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("order", ["sorted", "far_first_rows"])
-@pytest.mark.parametrize("shape", [(1000, 70), (1000, 24, 4), (300, 3, 49), (40, 2, 4099)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(1000, 70), (1000, 24, 4), (24, 60, 5), (300, 3, 49), (40, 2, 4099)], ids=str
+)
 def test_ordered_batch_statistics_stay_exact(isa, shape, order, dtype):
     # Channels-last and small-spatial tables take each block's shift from its first rows, runs
-    # of 16 values and more (the last two shapes) one shift per channel, its first value. Here
+    # of 16 values and more (the last two shapes) and small planes of at most 32 images (24, 60,
+    # 5) one shift per channel, its first value. Here
     # those values sit far from the mean (sorted along the batch, or the first 16 samples of
     # every 256 shifted by 100 std), which makes the runs redo such channels around their mean;
     # the statistics must still be exact to the output's rounding.
@@ -568,7 +571,14 @@ def test_ordered_batch_statistics_stay_exact(isa, shape, order, dtype):
 
 @pytest.mark.parametrize(
     "shape, axis",
-    [((64, 3, 1000), 1), ((16, 5, 49), 1), ((1000, 70), 1), ((1000, 24, 4), 1), ((4096, 3), -1)],
+    [
+        ((64, 3, 1000), 1),
+        ((16, 5, 49), 1),
+        ((1000, 70), 1),
+        ((1000, 24, 4), 1),
+        ((8, 60, 5), 1),
+        ((4096, 3), -1),
+    ],
     ids=str,
 )
 def test_float32_values_whose_squares_overflow(isa, shape, axis):

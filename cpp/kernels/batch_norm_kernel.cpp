@@ -1686,13 +1686,80 @@ void apply_group(T* y, const T* x, const T* mean, const T* scale, const T* shift
   }
 }
 
-// The training forward by column group (see by_column_group, by_channel_group). Per group: the
-// columns' moments (as batch_norm_stats takes them), their channels' batch mean and variance,
-// channel_affines_of them, y = (x - mean) * scale + shift. With s > 1, against the whole-table
-// passes, float32, interleaved medians of 5, 1 / 2 threads: 4x4096x6 251 -> 252 / 202 -> 162
-// us, 8x2048x9 240 -> 205 / 166 -> 131, 32x2048x4 221 -> 216 / 139 -> 101 (Sapphire Rapids,
-// AVX-512). Most of what is left is the moments of columns of a few values each and their
-// combination per channel (a division chain per channel), at about 6 % of a copy.
+// Sums of d = x - ref[j] and d^2 down rows [0, rows) of columns [j0, j1) of a table `cols` wide,
+// column j's at sum_d[j - j0] and sum_d2[j - j0]: a vector of columns at a time, in T over
+// kRowsPerFlush rows at a time, then in float64.
+template <class T>
+void column_shifted_sums(double* sum_d, double* sum_d2, const T* x, const T* ref, int64_t cols,
+                         int64_t rows, int64_t j0, int64_t j1) {
+  using V = Vec<T>;
+  int64_t j = j0;
+  for (; j + V::width <= j1; j += V::width) {
+    // Scalar math per column: d = x - ref;  sum_d += d;  sum_d2 += d * d
+    const V ref_v = V::load(ref + j);
+    WideSum<T> tot_d = WideSum<T>::zero(), tot_d2 = WideSum<T>::zero();
+    for (int64_t r0 = 0; r0 < rows; r0 += kRowsPerFlush) {
+      const int64_t r1 = r0 + kRowsPerFlush < rows ? r0 + kRowsPerFlush : rows;
+      V acc_d = V::broadcast(T(0)), acc_d2 = V::broadcast(T(0));
+      for (int64_t r = r0; r < r1; ++r) {
+        const V d = V::load(x + r * cols + j) - ref_v;
+        acc_d = acc_d + d;
+        acc_d2 = fmadd(d, d, acc_d2);
+      }
+      tot_d.add(Wide<T>::of(acc_d));
+      tot_d2.add(Wide<T>::of(acc_d2));
+    }
+    tot_d.store(sum_d + (j - j0));
+    tot_d2.store(sum_d2 + (j - j0));
+  }
+  for (; j < j1; ++j) {
+    double s_d = 0.0, s_d2 = 0.0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const double d = static_cast<double>(x[r * cols + j] - ref[j]);
+      s_d += d;
+      s_d2 += d * d;
+    }
+    sum_d[j - j0] = s_d;
+    sum_d2[j - j0] = s_d2;
+  }
+}
+
+// The batch mean and variance of channels [ch0, ch1) of a table whose columns are planes of
+// 1 < s < kMinRun values (by_channel_group), as the runs layout takes them: the sums of
+// d = x - ref and d^2 over each channel's values, ref being its first value (each column's sums
+// down the rows, column_shifted_sums, then each channel's s columns added), with the runs
+// layout's second pass for a channel whose ref lies too far from its mean (runs_moments_of_sums).
+// `sums`: room for 2 doubles per column. Against each column's moments of a few values, merged
+// per channel (as the whole-table passes take them), float32 training forward, fastest of 31
+// batches, 3 interleaved rounds: (4, 4096, 6) 1 / 2 threads 142-145 -> 66-72 / 90-117 -> 52-75
+// us; (8, 2048, 9) 1 thread 129-132 -> 81-91; (32, 2048, 4) 2 threads 69-71 -> 50-65
+// (Sapphire Rapids, AVX-512).
+template <class T>
+void plane_moments(double* batch_mean, double* batch_var, double* sums, const T* x, const T* ref,
+                   const Shape& sh, int64_t ch0, int64_t ch1) {
+  const int64_t s = sh.s, m = (ch1 - ch0) * s;
+  double* sum_d = sums;
+  double* sum_d2 = sums + m;
+  column_shifted_sums(sum_d, sum_d2, x, ref, sh.cols(), sh.rows(), ch0 * s, ch1 * s);
+  for (int64_t ch = ch0; ch < ch1; ++ch) {
+    const int64_t j = (ch - ch0) * s;
+    double s_d = 0.0, s_d2 = 0.0;
+    for (int64_t t = 0; t < s; ++t) {
+      s_d += sum_d[j + t];
+      s_d2 += sum_d2[j + t];
+    }
+    const Moments mo = runs_moments_of_sums(x, sh, ch, {s_d, s_d2});
+    batch_mean[ch] = static_cast<double>(x[ch * s]) + mo.mean;
+    batch_var[ch] = biased_variance(mo);
+  }
+}
+
+// The training forward by column group (see by_column_group, by_channel_group). Per group: its
+// channels' batch mean and variance (s == 1: the columns' moments as batch_norm_stats takes
+// them; s > 1: plane_moments), channel_affines_of them, y = (x - mean) * scale + shift. With
+// s > 1, against the whole-table passes, float32, interleaved medians of 5, 1 / 2 threads:
+// 4x4096x6 251 -> 252 / 202 -> 162 us, 8x2048x9 240 -> 205 / 166 -> 131, 32x2048x4 221 -> 216 /
+// 139 -> 101 (Sapphire Rapids, AVX-512), before plane_moments halved the 1-thread times again.
 template <class T>
 void train_forward_by_column_group(T* y, T* mean, T* invstd, double* batch_mean, double* batch_var,
                                    const T* x, const T* gamma, const T* beta, double eps,
@@ -1716,9 +1783,13 @@ void train_forward_by_column_group(T* y, T* mean, T* invstd, double* batch_mean,
     T expanded[3 * kMaxColumns];  // (s > 1) the group's mean, scale and shift per column
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t ch0 = g * group, ch1 = ch0 + group < c ? ch0 + group : c;
-      task_moments(parts, x, ref, sh, tiles, 0, rows, ch0 * s, ch1 * s);
-      channel_moments(batch_mean, batch_var, x, s, ch0, ch1, parts, s,
-                      [](int64_t t) { return 3 * t; });
+      if (s > 1) {
+        plane_moments(batch_mean, batch_var, parts, x, ref, sh, ch0, ch1);
+      } else {
+        task_moments(parts, x, ref, sh, tiles, 0, rows, ch0, ch1);
+        channel_moments(batch_mean, batch_var, x, 1, ch0, ch1, parts, 1,
+                        [](int64_t) { return int64_t{0}; });
+      }
       channel_affines_of(mean, scale, shift, invstd, batch_mean, batch_var, gamma, beta, ch0, ch1,
                          eps);
       const T* per_column[3];
