@@ -1,17 +1,20 @@
 """``normkit bench``: normkit vs the NumPy reference vs PyTorch CPU, in one run.
 
-Every case runs float32 through normkit and PyTorch in turn (normkit, torch, normkit, ...) so
-drifts in machine load hit both alike, and reports medians. Each timed call comes right after
-an untimed call of the same contender, as in a loop of calls: otherwise each would start from
-the state the one before it left (another runtime's threads still spinning, dirty lines in the
-cache), which moved PyTorch's BatchNorm training backward on (32, 64, 56, 56) from 4.2 ms after
-itself to 3.7 ms after normkit. The NumPy reference runs in rounds of its own after them: taking
-its turn in the same rounds, its hundreds of megabytes of temporaries slowed the calls after it
-even past an untimed call (normkit's BatchNorm training backward on (32, 64, 56, 56): 2.2-2.7
-ms without it, 2.6-3.4 ms with it, in the same session). Each row also gives normkit's share of
-the bandwidth of a parallel copy moving the same compulsory bytes (inputs read once, outputs
-written once), timed in the normkit/PyTorch rounds. All contenders allocate their outputs, as a
-user's call does. Writes bench.md, bench.json and bench.png to --out.
+Every case runs float32 through normkit and PyTorch in turn (normkit, torch, normkit, ...) so drifts
+in machine load hit both alike, and reports medians. Each timed call comes right after untimed calls
+of the same contender, at least one and for at least SETTLE_SECONDS, as in a loop of calls:
+otherwise each would start from the state the one before it left (dirty lines in the cache, and
+another runtime's OpenMP threads still spinning on the same cores: PyTorch's libgomp spins for
+milliseconds after a call), which moved PyTorch's BatchNorm training backward on (32, 64, 56, 56)
+from 4.2 ms after itself to 3.7 ms after normkit, and normkit's (8, 512, 7, 7) inference from 39-40
+us after itself to 61-82 us after PyTorch (with one untimed call; its loop of calls: 28-37 us,
+PyTorch's 55-67). The NumPy reference runs in rounds of its own after them: taking its turn in the
+same rounds, its hundreds of megabytes of temporaries slowed the calls after it even past an untimed
+call (normkit's BatchNorm training backward on (32, 64, 56, 56): 2.2-2.7 ms without it, 2.6-3.4 ms
+with it, in the same session). Each row also gives normkit's share of the bandwidth of a parallel
+copy moving the same compulsory bytes (inputs read once, outputs written once), timed in the
+normkit/PyTorch rounds. All contenders allocate their outputs, as a user's call does. Writes
+bench.md, bench.json and bench.png to --out.
 """
 
 from __future__ import annotations
@@ -156,14 +159,21 @@ def contenders(case: Case, torch):
     return x, fns
 
 
+SETTLE_SECONDS = 0.01
+
+
 def _median_times(fns: dict, repeats: int) -> dict:
-    """{name: median seconds}: rounds of every fn in turn, each timed call after an untimed one."""
+    """{name: median seconds}: rounds of every fn in turn, each timed call after untimed ones."""
     for fn in fns.values():  # warm-up: first touch, caches, buffer pool
         fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            fn()  # untimed: the timed call starts from this contender's own state
+            # untimed: the timed call starts from this contender's own state
+            settled = time.perf_counter() + SETTLE_SECONDS
+            fn()
+            while time.perf_counter() < settled:
+                fn()
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
