@@ -7,7 +7,7 @@ otherwise each would start from the state the one before it left (dirty lines in
 another runtime's OpenMP threads still spinning on the same cores: PyTorch's libgomp spins for
 milliseconds after a call), which moved PyTorch's BatchNorm training backward on (32, 64, 56, 56)
 from 4.2 ms after itself to 3.7 ms after normkit, and normkit's (8, 512, 7, 7) inference from 39-40
-us after itself to 61-82 us after PyTorch (with one untimed call; its loop of calls: 28-37 us,
+us after itself to 66-76 us after PyTorch (with one untimed call; its loop of calls: 28-37 us,
 PyTorch's 55-67). The NumPy reference runs in rounds of its own after them: taking its turn in the
 same rounds, its hundreds of megabytes of temporaries slowed the calls after it even past an untimed
 call (normkit's BatchNorm training backward on (32, 64, 56, 56): 2.2-2.7 ms without it, 2.6-3.4 ms
