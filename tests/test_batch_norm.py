@@ -23,6 +23,8 @@ LAYOUTS = BN_CASES + [
     ((1, 4, 2), 1),
     ((3, 37, 4, 4), 1),
     ((2, 7, 8, 8), 1),
+    # a table of 1030 features: its backward sums a task of 1024 columns and one of 6 per block
+    ((260, 1030), 1),
 ]
 
 
@@ -389,6 +391,9 @@ def test_streamed_arrays_match_reference(isa, layout):
         ((3000, 50), -1),
         ((70001, 3), -1),  # folded rows, one row of x left over
         ((20, 2056), -1),  # by column group: 9 groups, the last of 8 columns
+        # one block of rows of 4 column groups: the backward's sums go in one task on one thread,
+        # in two of 2 groups on two
+        ((100, 1000), 1),
     ],
     ids=str,
 )
