@@ -311,6 +311,17 @@ def test_streamed_channels_last_inputs_off_a_cache_line_give_the_same_bits(isa, 
     check_batch_norm((rows, cols), -1, dtype, mean_offset=1e4)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", [528, 1030])
+def test_streamed_wide_tables_match_reference(isa, cols, dtype):
+    # From memory, the statistics and the backward's sums of tables wider than a column group
+    # (256) go along the rows, a page of each row per task: 528 columns (whole cache lines,
+    # which took register tiles before) in one task of float32 or two of float64, 1030 in a
+    # task of a page and one of 6 columns (float32) past the last vector.
+    rows = normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + 5
+    check_batch_norm((rows, cols), 1, dtype, mean_offset=1e4)
+
+
 # Tables of at most 32 rows whose rows hold whole vectors go through training and inference a
 # group of 256 columns at a time (statistics, constants, output); 33 rows take the whole-table
 # passes. (BN_CASES has one too, so that it also runs under qemu.)

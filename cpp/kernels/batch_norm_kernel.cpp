@@ -56,13 +56,16 @@ struct Shape {
   int64_t rest_rows() const { return n % fold; }
   int64_t n_blocks() const { return (rows() + kBlockRows - 1) / kBlockRows; }
   int64_t n_col_groups() const { return (cols() + kColGroup - 1) / kColGroup; }
-  // Task t of the column layout: rows [r0, r1), columns [j0, j1).
-  void task(int64_t t, int64_t& r0, int64_t& r1, int64_t& j0, int64_t& j1) const {
-    const int64_t b = t / n_col_groups(), g = t % n_col_groups();
+  // The column layout's tasks of `span` column groups each: a block's rows, and columns
+  // [j0, j1) of task t: rows [r0, r1).
+  int64_t n_tasks(int64_t span) const { return n_blocks() * ((n_col_groups() + span - 1) / span); }
+  void task(int64_t t, int64_t span, int64_t& r0, int64_t& r1, int64_t& j0, int64_t& j1) const {
+    const int64_t per_block = (n_col_groups() + span - 1) / span;
+    const int64_t b = t / per_block, g = t % per_block;
     r0 = b * kBlockRows;
     r1 = r0 + kBlockRows < rows() ? r0 + kBlockRows : rows();
-    j0 = g * kColGroup;
-    j1 = j0 + kColGroup < cols() ? j0 + kColGroup : cols();
+    j0 = g * span * kColGroup;
+    j1 = j0 + span * kColGroup < cols() ? j0 + span * kColGroup : cols();
   }
   // The element-wise passes go over rows() rows of cols() values and, if rest_rows(), one
   // piece of rest_rows() rows of x after them (the table's columns, cut short).
@@ -451,8 +454,33 @@ void flush_sums(double* tot0, double* tot1, T* acc0, T* acc1, int64_t m) {
   }
 }
 
-// tile_moments for the whole vectors of columns [j0, j1) (at most kColGroup: those left after
-// the last register tile, or all of them where batch_norm_stats takes no tiles) along the rows,
+// Column groups of a task of the whole-table passes along the rows (rows_moments,
+// rows_grad_sums): as many as a page of a row holds (4 KiB: 1024 float32 columns), so that
+// tables up to that wide are read a whole row at a time, fewer where threads would go without
+// a task (the per-column sums do not depend on the grouping). A task of one group read a 1 KiB
+// piece of each row, rows a page or more apart (the hardware prefetchers stop at page
+// boundaries, so each piece likely began with misses). Zen 3, AVX2, native, fastest of 9-31
+// batches in 3 interleaved rounds, one group -> a page, float32 training backward: 1024x1024 1
+// thread 966-1351 -> 648-1163 us, 2 threads 423-588 -> 371-448 (inputs 16 bytes past a line
+// 450-546 -> 383-443); 2 threads: 4096x1024 (from memory) 5.2-7.2 -> 3.5-4.2 ms, 512x3000
+// 920-1148 -> 659-973 us, 2048x512 381-422 -> 339-371, 1000x1000 369-411 -> 359-375, 300x1024
+// 137-167 -> 117-141; float64 (two groups, 512 columns a task), 2 threads: 1024x1024 1045-1186
+// -> 908-991 us, 2048x512 873-1017 -> 776-896. Training forward, 4096x1024 float32 from
+// inputs 16 bytes past a line (whose statistics go along the rows), 2 threads: 3.7-4.4 ->
+// 1.5-2.0 ms; see moment_tiles for aligned inputs.
+template <class T>
+constexpr int64_t kRowTaskGroups = 4096 / (kColGroup * int64_t{sizeof(T)});
+
+template <class T>
+int64_t row_task_span(const Shape& sh) {
+  int64_t span = kRowTaskGroups<T>;
+  while (span > 1 && sh.n_tasks(span) < get_num_threads()) span /= 2;
+  return span;
+}
+
+// tile_moments for the whole vectors of columns [j0, j1) (at most kRowTaskGroups<T> * kColGroup:
+// those left after the last register tile, or all of them where batch_norm_stats takes no
+// tiles) along the rows,
 // kSubRows rows at a time per vector of columns, the per-column sums in arrays in L1: the same
 // operations per column as tile_moments. The columns narrower than a tile were
 // summed a column at a time (column_moments): before rows were folded (see folded), channels-
@@ -465,8 +493,9 @@ void rows_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
   constexpr int64_t W = V::width;
   const int64_t m = j1 - j0;
   const int64_t first_end = r1 - r0 < kRowsPerFlush ? r1 : r0 + kRowsPerFlush;
-  alignas(64) T shift[kColGroup], acc_d[kColGroup], acc_d2[kColGroup];  // in T since the flush
-  alignas(64) double sum_d[kColGroup], sum_d2[kColGroup];               // in float64
+  constexpr int64_t kMaxCols = kRowTaskGroups<T> * kColGroup;
+  alignas(64) T shift[kMaxCols], acc_d[kMaxCols], acc_d2[kMaxCols];  // in T since the flush
+  alignas(64) double sum_d[kMaxCols], sum_d2[kMaxCols];              // in float64
   const T* xb = x + j0;
 
   // Scalar math: shift = sum(x over the first rows) / their number
@@ -506,21 +535,8 @@ void rows_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
   store_shifted_moments(out, x, ref, shift, sum_d, sum_d2, cols, j0, m, r0, r1);
 }
 
-// Column groups of a task of the whole-table sums pass (grad_sums_impl): as many as a page of a
-// row holds (4 KiB: 1024 float32 columns), so that tables up to that wide are read a whole row
-// at a time. A task of one group read a 1 KiB piece of each row, rows a page or more apart (the
-// hardware prefetchers stop at page boundaries, so each piece likely began with misses). Zen 3,
-// AVX2, float32 training backward, native, fastest of 31 batches in 3 interleaved rounds, one
-// group -> four: 1024x1024 1 thread 966-1351 -> 648-1163 us, 2 threads 423-588 -> 371-448
-// (inputs 16 bytes past a line 450-546 -> 383-443); 2 threads: 4096x1024 (from memory) 5.2-7.2
-// -> 3.5-4.2 ms, 512x3000 920-1148 -> 659-973 us, 2048x512 381-422 -> 339-371, 1000x1000
-// 369-411 -> 359-375, 300x1024 137-167 -> 117-141. Float64 (two groups, 512 columns a task), 2
-// threads: 1024x1024 1045-1186 -> 908-991 us, 2048x512 873-1017 -> 776-896.
-template <class T>
-constexpr int64_t kSumsGroups = 4096 / (kColGroup * int64_t{sizeof(T)});
-
-// Sums of dy and dy * xhat for columns [j0, j1) (whole vectors, at most kSumsGroups<T> *
-// kColGroup) over rows [r0, r1), with per-column mean and invstd.
+// Sums of dy and dy * xhat for columns [j0, j1) (whole vectors, at most
+// kRowTaskGroups<T> * kColGroup) over rows [r0, r1), with per-column mean and invstd.
 // Scalar math: xhat = (x - mean) * invstd;  sums += (dy, dy * xhat).
 // With kDx also dx = k * dy (eval-mode backward, in the same pass). out: 2 doubles per column.
 // In row order: the sums live in arrays (in L1), and each vector of columns takes kSubRows rows
@@ -542,7 +558,7 @@ void rows_grad_sums(double* out, T* dx, const T* dy, const T* x, const T* mean, 
   using V = Vec<T>;
   constexpr int64_t W = V::width;
   const int64_t m = j1 - j0;
-  constexpr int64_t kMaxCols = kSumsGroups<T> * kColGroup;
+  constexpr int64_t kMaxCols = kRowTaskGroups<T> * kColGroup;
   alignas(64) T acc_dy[kMaxCols], acc_dyx[kMaxCols];       // in T since the last flush
   alignas(64) double tot_dy[kMaxCols], tot_dyx[kMaxCols];  // in float64
   for (int64_t j = 0; j < m; ++j) tot_dy[j] = tot_dyx[j] = 0.0;
@@ -1013,11 +1029,16 @@ class ChannelParts {
 // operations per column, the same bits). Channels-last 32x56x56x64 float32 from inputs 16 bytes
 // past a line, training forward, 1 / 2 threads: 6.4-8.5 -> 4.6-5.9 / 3.0-3.8 -> 2.5-3.0 ms. In
 // cache the tiles' registers win (1024x1024 at 16 bytes past a line along the rows: 0.23 ->
-// 0.27-0.30 ms).
+// 0.27-0.30 ms). Arrays from memory wider than a column group go along the rows too, a page of
+// each row per task (kRowTaskGroups): a tile's walk takes a segment from a new page in every
+// row. Training forward, float32, aligned, 2 threads, tiles -> along the rows: 4096x1024
+// 3.2-3.6 -> 2.0-2.3 ms, 8192x512 1.4-2.9 -> 1.3-2.8 (Zen 3, AVX2); channels-last 32x56x56x64
+// (one group) stays with tiles: 2.6-3.2 against 3.1-3.3 ms along the rows.
 template <class T>
 bool moment_tiles(const Shape& sh, const T* x) {
-  return !stream_output<T>(sh) || (reinterpret_cast<std::uintptr_t>(x) % kCacheLineBytes == 0 &&
-                                   sh.cols() * int64_t{sizeof(T)} % kCacheLineBytes == 0);
+  return !stream_output<T>(sh) ||
+         (sh.n_col_groups() == 1 && reinterpret_cast<std::uintptr_t>(x) % kCacheLineBytes == 0 &&
+          sh.cols() * int64_t{sizeof(T)} % kCacheLineBytes == 0);
 }
 
 // The moments of a column-layout task, columns [j0, j1) over rows [r0, r1), column j's at
@@ -1095,10 +1116,12 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
   double* parts = ws.data();                       // (blocks, cols, 3)
   double* rest_parts = parts + 3 * cols * blocks;  // (values, 3): the rest rows, per column of x
   const bool tiles = moment_tiles(sh, x);
-  parallel_for(blocks * sh.n_col_groups(), kBlockRows * kColGroup, [&](int64_t t0, int64_t t1) {
+  // (register tiles walk down a group's columns: a task of one group each)
+  const int64_t span = tiles ? 1 : row_task_span<T>(sh);
+  parallel_for(sh.n_tasks(span), kBlockRows * kColGroup * span, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       int64_t r0, r1, j0, j1;
-      sh.task(t, r0, r1, j0, j1);
+      sh.task(t, span, r0, r1, j0, j1);
       task_moments(parts + 3 * (cols * (r0 / kBlockRows) + j0), x, ref, sh, tiles, r0, r1, j0, j1);
     }
   });
@@ -1172,19 +1195,12 @@ int64_t grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, 
   Workspace ws(static_cast<std::size_t>(2 * cols * blocks + 2 * values));
   double* parts = ws.data();                       // (blocks, cols, 2)
   double* rest_parts = parts + 2 * cols * blocks;  // (values, 2): the rest rows, per column of x
-  // Tasks of a block's rows and `per_task` column groups (see kSumsGroups), fewer where that
-  // would leave threads without a task (the per-column sums do not depend on the grouping).
-  int64_t per_task = kSumsGroups<T>;
-  while (per_task > 1 &&
-         blocks * ((sh.n_col_groups() + per_task - 1) / per_task) < get_num_threads())
-    per_task /= 2;
-  const int64_t task_cols = per_task * kColGroup, groups = (cols + task_cols - 1) / task_cols;
-  const int64_t team =
-      parallel_for(blocks * groups, 2 * kBlockRows * task_cols, [&](int64_t t0, int64_t t1) {
+  const int64_t span = row_task_span<T>(sh);
+  const int64_t team = parallel_for(
+      sh.n_tasks(span), 2 * kBlockRows * kColGroup * span, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
-          const int64_t r0 = t / groups * kBlockRows, j0 = t % groups * task_cols;
-          const int64_t r1 = r0 + kBlockRows < sh.rows() ? r0 + kBlockRows : sh.rows();
-          const int64_t j1 = j0 + task_cols < cols ? j0 + task_cols : cols;
+          int64_t r0, r1, j0, j1;
+          sh.task(t, span, r0, r1, j0, j1);
           double* out = parts + 2 * cols * (r0 / kBlockRows);
           const int64_t j_vec = j0 + (j1 - j0) / Vec<T>::width * Vec<T>::width;
           if (j_vec > j0)
