@@ -128,13 +128,21 @@ constexpr int64_t kAheadValues = kAheadBytes / int64_t{sizeof(T)};
 // interleaved medians of 3, none -> 8 KiB ahead, 2 threads: training forward float32 4.5 -> 3.7 ms,
 // float64 9.6 -> 7.9; backward float32 7.4 -> 6.5, float64 19.3 -> 14.7 (16 / 32 / 64 rows
 // of 256 bytes ahead: forward 3.7 / 3.5 / 3.4 ms). 1024x1024 float64 (8 MiB, four tasks per
-// row) ran 10 % slower with it on 2 threads: wider tables take none.
+// row) ran 10 % slower with it on 2 threads: wider tables take none, but for the statistics
+// (`wider`) of tables whose tasks take whole rows (see kRowTaskGroups). Training forward,
+// float32, 2 threads, none -> 8 KiB ahead: 4096x1024 aligned 1.9-2.3 -> 1.3-1.8 ms, inputs 16
+// bytes past a line 1.4-2.1 -> 1.4-1.9 (faster in 5 of 7 rounds); 8192x512 aligned 1.1-2.9 ->
+// 1.2-1.9, inputs 16 bytes past a line 1.8-3.0 -> 1.2-1.6. The backward's sums, which read x
+// and dy, ran slower with it in 9 of 10 rounds (4096x1024 aligned 2.8-3.8 -> 3.5-4.3 ms; Zen
+// 3, AVX2).
 struct RowsAhead {
   int64_t rows = 0, bytes = 0;  // rows ahead, bytes of each row fetched (0: no prefetch)
 
   template <class T>
-  static RowsAhead of(const Shape& sh, int64_t j0, int64_t j1, bool first_tile = true) {
-    if (!first_tile || sh.n_col_groups() > 1 || !stream_output<T>(sh)) return {};
+  static RowsAhead of(const Shape& sh, int64_t j0, int64_t j1, bool first_tile = true,
+                      bool wider = false) {
+    if (!first_tile || !stream_output<T>(sh)) return {};
+    if (sh.n_col_groups() > 1 && (!wider || j1 - j0 < sh.cols())) return {};
     const int64_t bytes = (j1 - j0) * int64_t{sizeof(T)};
     return {(kAheadBytes + bytes - 1) / bytes, bytes};
   }
@@ -1032,7 +1040,7 @@ class ChannelParts {
 // 0.27-0.30 ms). Arrays from memory wider than a column group go along the rows too, a page of
 // each row per task (kRowTaskGroups): a tile's walk takes a segment from a new page in every
 // row. Training forward, float32, aligned, 2 threads, tiles -> along the rows: 4096x1024
-// 3.2-3.6 -> 2.0-2.3 ms, 8192x512 1.4-2.9 -> 1.3-2.8 (Zen 3, AVX2); channels-last 32x56x56x64
+// 3.2-3.7 -> 1.9-2.1 ms, 8192x512 1.4-2.9 -> 1.3-2.8 (Zen 3, AVX2); channels-last 32x56x56x64
 // (one group) stays with tiles: 2.6-3.2 against 3.1-3.3 ms along the rows.
 template <class T>
 bool moment_tiles(const Shape& sh, const T* x) {
@@ -1053,11 +1061,11 @@ void task_moments(double* out, const T* x, const T* ref, const Shape& sh, bool t
   int64_t j = j0;
   for (; tiles && j + kTile <= j1; j += kTile)
     tile_moments(out + 3 * (j - j0), x, ref, cols, j, r0, r1,
-                 RowsAhead::of<T>(sh, j0, j1, j == j0));
+                 RowsAhead::of<T>(sh, j0, j1, j == j0, true));
   const int64_t j_vec = j + (j1 - j) / Vec<T>::width * Vec<T>::width;
   if (j_vec > j)
     rows_moments(out + 3 * (j - j0), x, ref, cols, j, j_vec, r0, r1,
-                 RowsAhead::of<T>(sh, j0, j1, j == j0));
+                 RowsAhead::of<T>(sh, j0, j1, j == j0, true));
   for (j = j_vec; j < j1; ++j) column_moments(out + 3 * (j - j0), x, ref[j], cols, j, r0, r1);
 }
 
