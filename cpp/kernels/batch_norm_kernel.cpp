@@ -486,14 +486,13 @@ int64_t row_task_span(const Shape& sh) {
   return span;
 }
 
-// tile_moments for the whole vectors of columns [j0, j1) (at most kRowTaskGroups<T> * kColGroup:
-// those left after the last register tile, or all of them where batch_norm_stats takes no
-// tiles) along the rows,
-// kSubRows rows at a time per vector of columns, the per-column sums in arrays in L1: the same
-// operations per column as tile_moments. The columns narrower than a tile were
-// summed a column at a time (column_moments): before rows were folded (see folded), channels-
-// last (n, 16) and (n, 24) float32 tables took 4x longer for their statistics than for the
-// normalization after them.
+// tile_moments for the whole vectors of columns [j0, j1) (at most kRowTaskGroups<T> *
+// kColGroup: those left after the last register tile, or all of them where batch_norm_stats
+// takes no tiles) along the rows, kSubRows rows at a time per vector of columns, the
+// per-column sums in arrays in L1: the same operations per column as tile_moments. The columns
+// narrower than a tile were summed a column at a time (column_moments): before rows were
+// folded (see folded), channels-last (n, 16) and (n, 24) float32 tables took 4x longer for
+// their statistics than for the normalization after them.
 template <class T>
 void rows_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j0, int64_t j1,
                   int64_t r0, int64_t r1, const RowsAhead& ahead) {
