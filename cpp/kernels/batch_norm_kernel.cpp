@@ -478,6 +478,8 @@ void flush_sums(double* tot0, double* tot1, T* acc0, T* acc1, int64_t m) {
 // 1.5-2.0 ms; see moment_tiles for aligned inputs.
 template <class T>
 constexpr int64_t kRowTaskGroups = 4096 / (kColGroup * int64_t{sizeof(T)});
+template <class T>
+constexpr int64_t kRowTaskCols = kRowTaskGroups<T> * kColGroup;  // at most, per task
 
 template <class T>
 int64_t row_task_span(const Shape& sh) {
@@ -486,13 +488,13 @@ int64_t row_task_span(const Shape& sh) {
   return span;
 }
 
-// tile_moments for the whole vectors of columns [j0, j1) (at most kRowTaskGroups<T> *
-// kColGroup: those left after the last register tile, or all of them where batch_norm_stats
-// takes no tiles) along the rows, kSubRows rows at a time per vector of columns, the
-// per-column sums in arrays in L1: the same operations per column as tile_moments. The columns
-// narrower than a tile were summed a column at a time (column_moments): before rows were
-// folded (see folded), channels-last (n, 16) and (n, 24) float32 tables took 4x longer for
-// their statistics than for the normalization after them.
+// tile_moments for the whole vectors of columns [j0, j1) (at most kRowTaskCols<T>: those left
+// after the last register tile, or all of them where batch_norm_stats takes no tiles) along the
+// rows, kSubRows rows at a time per vector of columns, the per-column sums in arrays in L1: the
+// same operations per column as tile_moments. The columns narrower than a tile were summed a
+// column at a time (column_moments): before rows were folded (see folded), channels-last
+// (n, 16) and (n, 24) float32 tables took 4x longer for their statistics than for the
+// normalization after them.
 template <class T>
 void rows_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j0, int64_t j1,
                   int64_t r0, int64_t r1, const RowsAhead& ahead) {
@@ -500,9 +502,9 @@ void rows_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
   constexpr int64_t W = V::width;
   const int64_t m = j1 - j0;
   const int64_t first_end = r1 - r0 < kRowsPerFlush ? r1 : r0 + kRowsPerFlush;
-  constexpr int64_t kMaxCols = kRowTaskGroups<T> * kColGroup;
-  alignas(64) T shift[kMaxCols], acc_d[kMaxCols], acc_d2[kMaxCols];  // in T since the flush
-  alignas(64) double sum_d[kMaxCols], sum_d2[kMaxCols];              // in float64
+  // the shifts and the sums since the last flush in T, the sums in float64
+  alignas(64) T shift[kRowTaskCols<T>], acc_d[kRowTaskCols<T>], acc_d2[kRowTaskCols<T>];
+  alignas(64) double sum_d[kRowTaskCols<T>], sum_d2[kRowTaskCols<T>];
   const T* xb = x + j0;
 
   // Scalar math: shift = sum(x over the first rows) / their number
@@ -542,8 +544,8 @@ void rows_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
   store_shifted_moments(out, x, ref, shift, sum_d, sum_d2, cols, j0, m, r0, r1);
 }
 
-// Sums of dy and dy * xhat for columns [j0, j1) (whole vectors, at most
-// kRowTaskGroups<T> * kColGroup) over rows [r0, r1), with per-column mean and invstd.
+// Sums of dy and dy * xhat for columns [j0, j1) (whole vectors, at most kRowTaskCols<T>) over
+// rows [r0, r1), with per-column mean and invstd.
 // Scalar math: xhat = (x - mean) * invstd;  sums += (dy, dy * xhat).
 // With kDx also dx = k * dy (eval-mode backward, in the same pass). out: 2 doubles per column.
 // In row order: the sums live in arrays (in L1), and each vector of columns takes kSubRows rows
@@ -565,9 +567,9 @@ void rows_grad_sums(double* out, T* dx, const T* dy, const T* x, const T* mean, 
   using V = Vec<T>;
   constexpr int64_t W = V::width;
   const int64_t m = j1 - j0;
-  constexpr int64_t kMaxCols = kRowTaskGroups<T> * kColGroup;
-  alignas(64) T acc_dy[kMaxCols], acc_dyx[kMaxCols];       // in T since the last flush
-  alignas(64) double tot_dy[kMaxCols], tot_dyx[kMaxCols];  // in float64
+  // in T since the last flush, then in float64
+  alignas(64) T acc_dy[kRowTaskCols<T>], acc_dyx[kRowTaskCols<T>];
+  alignas(64) double tot_dy[kRowTaskCols<T>], tot_dyx[kRowTaskCols<T>];
   for (int64_t j = 0; j < m; ++j) tot_dy[j] = tot_dyx[j] = 0.0;
   for (int64_t j = 0; j < m; j += W) {
     V::broadcast(T(0)).store(acc_dy + j);
@@ -1810,7 +1812,8 @@ void train_forward_by_column_group(T* y, T* mean, T* invstd, double* batch_mean,
                                    const T* x, const T* gamma, const T* beta, double eps,
                                    const Shape& sh) {
   const int64_t rows = sh.rows(), cols = sh.cols(), c = sh.c, s = sh.s;
-  const bool tiles = moment_tiles(sh, x), stream = stream_output<T>(sh);
+  // (with s > 1 the statistics take no tiles: plane_moments)
+  const bool tiles = s == 1 && moment_tiles(sh, x), stream = stream_output<T>(sh);
   TaskBuffer<T> buf(2 * c + (s > 1 ? cols + c : 0), Uninitialised{});
   T* scale = buf.data();
   T* shift = scale + c;
