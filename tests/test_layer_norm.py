@@ -306,6 +306,34 @@ def test_streamed_rows_in_pairs_without_gamma(isa, dtype):
     assert_close(dx[pick], dx_ref, dtype, "dx")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("last_rows", [14, 15])
+def test_streamed_rows_in_pairs_add_every_row_once(isa, last_rows, dtype):
+    # A streamed backward of rows of one chunk adds two rows' dgamma/dbeta contributions per
+    # load of its accumulators, but not across a flush (every 16 rows) or the end of a block or
+    # a task: the last flush holds last_rows rows (blocks hold whole flushes), an even or an odd
+    # count, and on two threads the first task ends after a block of whole flushes.
+    rng = np.random.default_rng(13)
+    cols = 768
+    rows = normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + 1
+    rows += (last_rows - rows % 16) % 16
+    x = (rng.standard_normal((rows, cols)) * 2 + 1e4).astype(dtype)
+    dy = rng.standard_normal((rows, cols)).astype(dtype)
+    gamma = rng.standard_normal(cols).astype(dtype)
+    _, mean, rstd = normkit.layer_norm_forward(x, gamma)
+    assert_same_with_one_and_two_threads(
+        lambda: normkit.layer_norm_backward(dy, x, mean, rstd, gamma)
+    )
+    dx, dgamma, dbeta = normkit.layer_norm_backward(dy, x, mean, rstd, gamma)
+    pick = [0, 1, 15, 16, rows - 2, rows - 1]
+    dx_few, _, _ = normkit.layer_norm_backward(dy[pick], x[pick], mean[pick], rstd[pick], gamma)
+    np.testing.assert_array_equal(dx[pick], dx_few)
+    _, dgamma_ref, dbeta_ref = ref_backward(dy, x, mean, rstd, gamma)
+    xhat = (x.astype(np.float64) - mean[:, None]) * rstd[:, None]
+    assert_close(dgamma, dgamma_ref, dtype, "dgamma", sum_scale(np.abs(dy * xhat).sum(0)))
+    assert_close(dbeta, dbeta_ref, dtype, "dbeta", sum_scale(np.abs(dy).sum(0)))
+
+
 def test_out_overlapping_x_partially(rng):
     buf = rng.standard_normal(11 * 40)
     x = buf[:400].reshape(10, 40)

@@ -38,7 +38,8 @@ struct ShiftedSums {
 };
 
 struct NoWork {
-  void operator()(int64_t) const {}
+  template <class... Args>
+  void operator()(Args...) const {}
 };
 
 // The float64 totals of shifted_sums, which can go on over several runs of values (one
