@@ -1144,15 +1144,16 @@ void backward_rows(const BackwardArgs<T>& a, const Plan& p, int64_t b0, int64_t 
 // adds row i + 1's contributions too, right after row i's, so that one load and one store of
 // the accumulators serve two rows (they spill out of L1 on long rows). Per column the rows are
 // added in order and flushed after the same rows, with the arithmetic of backward_rows: the
-// same bits. Zen 3, AVX2, float32, interleaved medians of 6-8, one row per load of the
-// accumulators -> two (with chunk_grad_sums' own copy of `also` in both): 4096x4096 2 threads
-// 13.1 -> 11.7 ms (inputs 16 bytes past a line 13.4 -> 13.0), 1 thread 22.4 -> 20.7; 8192x768
-// 2 threads 4.5 -> 3.9. AVX-512, float32, from memory, interleaved medians of 20-100 calls in three
+// same bits. AVX-512, float32, from memory, interleaved medians of 20-100 calls in three
 // rounds, against row groups (backward_row_groups) or rows one by one (backward_rows): 2
 // threads 8192x768 3.0-3.8 -> 2.0-2.5 ms, 4096x4096 8.2-10.7 -> 7.0-8.3, 16384x512 5.4 ->
 // 3.6-3.9, 4096x1536 3.5-3.7 -> 2.6-2.7; 1 thread 8192x768 6.0-7.6 -> 4.2-4.5. In cache the
 // groups' accumulators in registers win (512x768 on 1 thread 0.25-0.30 -> 0.32-0.35 ms in
 // pairs; 2048x1024 0.75-0.86 -> 1.06-1.15 on 2), so arrays that are not streamed do not pair.
+// Two rows per load of the accumulators instead of one (chunk_grad_sums' own copy of `also`
+// in both), Zen 3, AVX2, float32, interleaved medians of 6-8: 4096x4096 2 threads 13.1 -> 11.7
+// ms (inputs 16 bytes past a line 13.4 -> 13.0), 1 thread 22.4 -> 20.7; 8192x768 2 threads 4.5
+// -> 3.9.
 // Scalar math: xhat = (x - mean) * rstd;  dgamma_acc += dy * xhat;  dbeta_acc += dy;
 //              dx = (dy * gamma - mean_g - xhat * mean_gxhat) * rstd   (gamma optional)
 template <class T, bool kStream, bool kAffine>
