@@ -613,6 +613,18 @@ def test_float32_values_whose_squares_overflow(isa, shape, axis):
     assert_close(mean, mean_ref, np.float32, "mean")
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 20), (4, 2, 300)], ids=str)
+def test_constant_runs_near_the_float64_maximum(isa, shape):
+    # Runs take each channel's shift from the mean of its first vector, whose sum overflows
+    # here; the channel's first value stands in, and the statistics stay exact.
+    levels = np.array([1.5e308, -1.7e308, 1e308][: shape[1]])
+    x = np.broadcast_to(levels[:, None], shape).copy()
+    y, mean, invstd = normkit.batch_norm_forward(x, training=True, axis=1)
+    np.testing.assert_array_equal(mean, levels)
+    np.testing.assert_array_equal(invstd, np.full(shape[1], 1 / np.sqrt(1e-5)))
+    np.testing.assert_array_equal(y, np.zeros(shape))
+
+
 def test_against_torch(rng):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((8, 3, 5, 5))
