@@ -435,6 +435,13 @@ struct Wide<float> {
   Vec<double> folded() const { return parts == 1 ? part[0] : part[0] + part[1]; }
 };
 
+// a + b, part by part.
+template <class T>
+inline Wide<T> operator+(Wide<T> a, const Wide<T>& b) {
+  for (int k = 0; k < Wide<T>::parts; ++k) a.part[k] = a.part[k] + b.part[k];
+  return a;
+}
+
 // A float64 vector accumulator for sums of Vec<T> values.
 template <class T>
 struct WideSum {
@@ -479,14 +486,18 @@ struct Chains {
     return Chains{{(static_cast<void>(kU), Vec<T>::broadcast(T(0)))...}};
   }
   // total += the chains widened and added as a tree, (c0 + c1) + (c2 + c3): a short dependency
-  // chain. The chains restart at zero.
+  // chain. The chains restart at zero. (Written out: as loops over the tree's steps, GCC kept
+  // the widened chains on the stack and added them there. BatchNorm statistics of 196-value
+  // float32 runs, medians of 5-6: 8x64x14x14 in L2, 1 thread, 25 -> 14-18 us; 256x256x14x14
+  // 1 / 2 threads 5.8 / 3.1 -> 5.3 / 2.8 ms; Zen 3, AVX2.)
   void flush_into(WideSum<T>& total) {
-    Wide<T> w[kC];
-    for (int u = 0; u < kC; ++u) w[u] = Wide<T>::of(acc[u]);
-    for (int step = 1; step < kC; step *= 2)
-      for (int u = 0; u + step < kC; u += 2 * step)
-        for (int k = 0; k < Wide<T>::parts; ++k) w[u].part[k] = w[u].part[k] + w[u + step].part[k];
-    total.add(w[0]);
+    const auto wide = [&](int u) { return Wide<T>::of(acc[u]); };
+    if constexpr (kC == 1)
+      total.add(wide(0));
+    else if constexpr (kC == 2)
+      total.add(wide(0) + wide(1));
+    else
+      total.add((wide(0) + wide(1)) + (wide(2) + wide(3)));
     *this = zero();
   }
 };
