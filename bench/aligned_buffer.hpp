@@ -31,8 +31,11 @@ struct Aligned64 {
 template <class T>
 using Buffer = std::vector<T, Aligned64<T>>;
 
-// Uniform values in [-1, 1) from a 64-bit LCG: cheap enough for arrays of 10^8 values (the
-// kernels' speed does not depend on the values' distribution).
+// Uniform values in [-1, 1) from a 64-bit LCG: cheap enough for arrays of 10^8 values. The
+// kernels' speed should not depend on the values' distribution, and the Python comparison
+// (python -m normkit bench) times normally distributed ones. (It did depend on it once: with
+// each NCHW channel's first value as the shift of its statistics, normal data sent one channel
+// in 22 through a second pass, which uniform values never need; see channel_ref.)
 template <class T>
 Buffer<T> random_values(std::size_t n, unsigned seed) {
   std::uint64_t state = 0x9E3779B97F4A7C15ull * (seed + 1);
