@@ -615,8 +615,8 @@ def test_float32_values_whose_squares_overflow(isa, shape, axis):
 
 @pytest.mark.parametrize("shape", [(2, 3, 20), (4, 2, 300)], ids=str)
 def test_constant_runs_near_the_float64_maximum(isa, shape):
-    # Runs take each channel's shift from the mean of its first vector, whose sum overflows
-    # here; the channel's first value stands in, and the statistics stay exact.
+    # Runs take each channel's shift from the mean of its first vector, summed as values /
+    # width: their plain sum would overflow here. The statistics stay exact.
     levels = np.array([1.5e308, -1.7e308, 1e308][: shape[1]])
     x = np.broadcast_to(levels[:, None], shape).copy()
     y, mean, invstd = normkit.batch_norm_forward(x, training=True, axis=1)

@@ -120,6 +120,21 @@ def test_float32_values_whose_squares_overflow(isa, shape):
     assert_close(mean, mean_ref, np.float32, "mean")
 
 
+@pytest.mark.parametrize(
+    "shape", [(3, 7), (3, 64), (5, 100), (20, 128), (2, 8195), (1, 100003)], ids=str
+)
+def test_constant_rows_near_the_float64_maximum(isa, shape):
+    # Each row's shift is the mean of its first vector, summed as values / width: their plain
+    # sum would overflow here. Every path (grouped rows, one row at a time, chunked rows) stays
+    # exact.
+    levels = np.resize([1.5e308, -1.7e308, 1e308, -1e308, 0.5], shape[0])
+    x = np.broadcast_to(levels[:, None], shape).copy()
+    y, mean, rstd = normkit.layer_norm_forward(x)
+    np.testing.assert_array_equal(mean, levels)
+    np.testing.assert_array_equal(rstd, np.full(shape[0], 1 / np.sqrt(1e-5)))
+    np.testing.assert_array_equal(y, np.zeros(shape))
+
+
 @pytest.mark.parametrize("which", ["gamma", "beta"])
 @pytest.mark.parametrize("shape", [(6, 19), (11, 768)], ids=str)
 def test_gamma_only_or_beta_only(rng, which, shape):

@@ -251,16 +251,14 @@ void for_channel_units(const Shape& sh, int64_t ch, const F& f) {
 }
 
 // Channel ch's reference for the runs layout's statistics (see store_unit_sums): the mean of the
-// first vector of its first run (its first value if that mean is not finite: float64 values
-// near the largest). Its first value alone lies more than two standard deviations from the
-// mean for one channel in 22 of normally distributed data, and each such channel's runs were
-// read again from memory: 256x256x14x14 float32 training forward, 2 threads, standard normal
-// against uniform values, 7.1 against 6.6 ms; 32x64x56x56 2.35 against 2.12 (Zen 3, AVX2).
+// first vector of its first run. Its first value alone lies more than two standard deviations
+// from the mean for one channel in 22 of normally distributed data, and each such channel's
+// runs were read again from memory: 256x256x14x14 float32 training forward, 2 threads,
+// standard normal against uniform values, 7.1 against 6.6 ms; 32x64x56x56 2.35 against 2.12
+// (Zen 3, AVX2).
 template <class T>
 T channel_ref(const T* x, const Shape& sh, int64_t ch) {
-  const T* first = x + ch * sh.s;
-  const T mean = first_vector_mean(first);
-  return std::isfinite(mean) ? mean : first[0];
+  return first_vector_mean(x + ch * sh.s);
 }
 
 // The rare rest of channel ch's statistics (see store_unit_sums) when `first`, from the sums

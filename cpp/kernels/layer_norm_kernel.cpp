@@ -229,9 +229,11 @@ template <class T, int64_t kVectors, bool kSequential, class AfterRow>
     for (int r = 0; r < kGroup; ++r) shift[r] = row[r][0];
   } else if (!kSequential) {
     double first[kGroup];
-    for (int r = 0; r < kGroup; ++r) lanes[r] = Wide<T>::of(V::load(row[r])).folded();
+    // (as first_vector_mean sums them: values / width)
+    for (int r = 0; r < kGroup; ++r)
+      lanes[r] = Wide<T>::of(V::load(row[r])).folded() * per_lane_share<T>();
     transpose_add(lanes).store(first);
-    for (int r = 0; r < kGroup; ++r) shift[r] = static_cast<T>(first[r] / V::width);
+    for (int r = 0; r < kGroup; ++r) shift[r] = static_cast<T>(first[r]);
   }
   for (int r = 0; r < kGroup; ++r) {
     if (!kSequential || !shift_from_vector) shift_v[r] = V::broadcast(shift[r]);

@@ -128,10 +128,19 @@ bool overflowed(const Moments& m) {
   return sizeof(T) < sizeof(double) && !std::isfinite(m.m2);
 }
 
-// The mean of the vector of values at x (as a shift for the moments of a run starting there).
+// 1 / Vec<T>::width in float64: a power of two, so that the values scaled by it add up to
+// their sum / width with the same bits, and float64 values near the largest add up without
+// overflowing (the first vectors' means below).
+template <class T>
+inline Vec<double> per_lane_share() {
+  return Vec<double>::broadcast(1.0 / Vec<T>::width);
+}
+
+// The mean of the vector of values at x (as a shift for the moments of a run starting there),
+// summed as values / width (see per_lane_share).
 template <class T>
 inline T first_vector_mean(const T* x) {
-  return static_cast<T>(pairwise_add(Wide<T>::of(Vec<T>::load(x)).folded()) / Vec<T>::width);
+  return static_cast<T>(pairwise_add(Wide<T>::of(Vec<T>::load(x)).folded() * per_lane_share<T>()));
 }
 
 // The rare rest of a shifted pass over x[0, n) whose result `first` (mean relative to ref) came
