@@ -121,12 +121,18 @@ def test_float32_values_whose_squares_overflow(isa, shape):
 
 
 @pytest.mark.parametrize(
-    "shape", [(3, 7), (3, 64), (5, 100), (20, 128), (2, 8195), (1, 100003)], ids=str
+    "shape",
+    [(3, 7), (3, 64), (5, 100), (20, 128), (2, 8195), (1, 100003), "streamed 128", "streamed 768"],
+    ids=str,
 )
 def test_constant_rows_near_the_float64_maximum(isa, shape):
     # Each row's shift is the mean of its first vector, summed as values / width: their plain
-    # sum would overflow here. Every path (grouped rows, one row at a time, chunked rows) stays
-    # exact.
+    # sum would overflow here. Every path stays exact: grouped rows, chunked rows, and arrays
+    # past the streaming threshold, whose shifts come one row at a time (128 columns) or with
+    # the rows in pairs (768).
+    if isinstance(shape, str):
+        cols = int(shape.split()[1])
+        shape = (normkit.info()["stream_threshold_bytes"] // (cols * 8) + 1, cols)
     levels = np.resize([1.5e308, -1.7e308, 1e308, -1e308, 0.5], shape[0])
     x = np.broadcast_to(levels[:, None], shape).copy()
     y, mean, rstd = normkit.layer_norm_forward(x)
