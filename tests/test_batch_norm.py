@@ -625,6 +625,40 @@ def test_constant_runs_near_the_float64_maximum(isa, shape):
     np.testing.assert_array_equal(y, np.zeros(shape))
 
 
+@pytest.mark.parametrize("skew_bytes", [0, 16])
+@pytest.mark.parametrize(
+    "shape",
+    [(21, 1), (40, 3), (300, 64), (4, 300), (40, 3, 2, 2), (3, 3, 5), (600, 2, 3), "streamed 64"],
+    ids=str,
+)
+def test_constant_columns_near_the_float64_maximum(isa, shape, skew_bytes):
+    # The column layout's shifts are means of a few rows: near the largest values their sum
+    # overflows, or rounds, and the squared deviations overflow from a shift an ulp off. Those
+    # columns are summed again around a value of the channel, where a constant one gives
+    # deviations of 0. Cases: rows left after the last fold (a count not a power of two), folded
+    # rows and their rest, register tiles, few rows by column group, planes of 4 and 5 values,
+    # and arrays past the streaming threshold, whose statistics go along the rows 16 bytes past
+    # a cache line and take tiles aligned.
+    if isinstance(shape, str):
+        cols = int(shape.split()[1])
+        shape = (normkit.info()["stream_threshold_bytes"] // (cols * 8) + 1, cols)
+    levels = np.resize([1.5e308, -1.7e308, 1e308, -1e308, 0.5], shape[1])
+    size = int(np.prod(shape))
+    buffer = np.empty(size + 8)
+    skew = (-buffer.ctypes.data % 64 + skew_bytes) // 8
+    x = buffer[skew : skew + size].reshape(shape)
+    x[...] = levels.reshape((1, -1) + (1,) * (len(shape) - 2))
+    y, mean, invstd = normkit.batch_norm_forward(x, training=True, axis=1)
+    np.testing.assert_array_equal(mean, levels)
+    np.testing.assert_array_equal(invstd, np.full(shape[1], 1 / np.sqrt(1e-5)))
+    np.testing.assert_array_equal(y, np.zeros(shape))
+    dy = np.ones(shape)
+    dx, dgamma, dbeta = normkit.batch_norm_backward(dy, x, mean, invstd, np.ones(shape[1]))
+    np.testing.assert_array_equal(dx, np.zeros(shape))
+    np.testing.assert_array_equal(dgamma, np.zeros(shape[1]))
+    np.testing.assert_array_equal(dbeta, np.full(shape[1], size / shape[1]))
+
+
 def test_against_torch(rng):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((8, 3, 5, 5))

@@ -224,11 +224,11 @@ void channel_moments(double* batch_mean, double* batch_var, const T* x, int64_t 
 // the channel adds its units' sums in unit order and turns them into moments once
 // (shifted_moments_of), exact to a few roundings while ref lies within two standard deviations
 // of the channel's mean. A channel whose ref lies farther (an outlying start, data sorted by
-// image) is summed again around the mean found, and one whose float32 squares overflowed in
-// float64 (runs_moments_again). A shift per unit (the mean of its first vector, as LayerNorm's
-// rows take) cost a horizontal sum, a division and a check per unit, a third of the training
-// forward on 49-value runs: 8x512x7x7 float32, 1 / 2 threads, 0.153 -> 0.099 / 0.088 -> 0.070
-// ms (float64 1 thread 0.182 -> 0.121); arrays from memory unchanged within the noise (Zen 3,
+// image) is summed again around the mean found, and one whose sums overflowed in float64 around
+// ref (runs_moments_again; see wide_moments). A shift per unit (the mean of its first vector, as
+// LayerNorm's rows take) cost a horizontal sum, a division and a check per unit, a third of the
+// training forward on 49-value runs: 8x512x7x7 float32, 1 / 2 threads, 0.153 -> 0.099 / 0.088 ->
+// 0.070 ms (float64 1 thread 0.182 -> 0.121); arrays from memory unchanged within the noise (Zen 3,
 // AVX2, interleaved medians of 3-5).
 template <class T, bool kAhead = false>
 [[gnu::always_inline]] inline void store_unit_sums(double* p, const T* x, int64_t n, T ref,
@@ -262,7 +262,7 @@ T channel_ref(const T* x, const Shape& sh, int64_t ch) {
 }
 
 // The rare rest of channel ch's statistics (see store_unit_sums) when `first`, from the sums
-// around ref, came from a ref too far from the mean or from float32 sums that overflowed: the
+// around ref, came from a ref too far from the mean or from sums that overflowed: the
 // channel's units summed again around the mean found, and in float64 if the sums overflow.
 // Non-finite input still gives a non-finite result. Out of line: the common case stays small.
 template <class T>
@@ -280,7 +280,7 @@ template <class T>
     m = shifted_moments_of(static_cast<double>(shift) - static_cast<double>(ref), sum_d, sum_d2,
                            first.count);
   }
-  if (!overflowed<T>(m)) return m;
+  if (!overflowed(m)) return m;
   Moments wide{0.0, 0.0, 0.0};  // each unit in float64 (wide_moments), merged in unit order
   for_channel_units(sh, ch, [&](int64_t, int64_t off, int64_t len) {
     wide = merge(wide, wide_moments(x + off, len, 1, ref));
@@ -295,7 +295,7 @@ Moments runs_moments_of_sums(const T* x, const Shape& sh, int64_t ch, T ref,
                              const ShiftedSums& sums) {
   const Moments m = shifted_moments_of(0.0, sums.d, sums.d2, static_cast<double>(sh.n * sh.s));
   const bool too_far = shift_too_far(m, 0.0);
-  if (too_far || overflowed<T>(m)) return runs_moments_again(x, sh, ch, ref, m, too_far);
+  if (too_far || overflowed(m)) return runs_moments_again(x, sh, ch, ref, m, too_far);
   return m;
 }
 
@@ -321,7 +321,7 @@ bool flush_due(int64_t r, int64_t r0, int64_t r1) {
 // Column layout: statistics and gradient sums of a block of rows, per column
 
 // Moments of column j over rows [r0, r1), in scalars and two passes: shift = mean of the block;
-// then the shifted sums as in tile_moments (in float64 throughout if float32 sums overflow; see
+// then the shifted sums as in tile_moments (in float64 around ref if the sums overflow; see
 // wide_moments). For the columns past the last full tile, and for a tile's column whose shift
 // turned out too far from its mean or whose sums overflowed.
 template <class T>
@@ -352,7 +352,7 @@ void column_moments(double* out, const T* x, T ref, int64_t cols, int64_t j, int
   }
   const Moments m =
       shifted_moments_of(static_cast<double>(shift) - static_cast<double>(ref), sd, sd2, count);
-  store_moments(out, overflowed<T>(m) ? wide_moments(x + r0 * cols + j, r1 - r0, cols, ref) : m);
+  store_moments(out, overflowed(m) ? wide_moments(x + r0 * cols + j, r1 - r0, cols, ref) : m);
 }
 
 // q[j] = a[j] / b for j in [0, m), m a whole number of Vec<double>: a vector of divisions at a
@@ -365,7 +365,7 @@ inline void divide_each(double* q, const double* a, double b, int64_t m) {
 
 // The moments of the m columns from j0 over rows [r0, r1), given each column's shift and its
 // sums of d = x - shift and d^2 (shifted_moments_of); a column whose shift landed more than 2 std
-// from its mean (outliers up front, sorted data), or whose float32 sums overflowed, is done
+// from its mean (outliers up front, sorted data), or whose sums overflowed, is done
 // again by column_moments. m: a whole number of Vec<T>. A vector of columns at a time (the same
 // bits): one column at a time, the checks took most of the statistics of tables of a few rows
 // ((2, 65536) float32 training forward, 1 thread: 0.83-0.88 -> 0.73-0.76 ms; Zen 3, AVX2).
@@ -389,7 +389,7 @@ void store_shifted_moments(double* out, const T* x, const T* ref, const T* shift
     const D m2 = D::load(sum_d2 + j) - s_d * mean_d;
     const D offset = mean - shift_rel;
     int again = greater_lanes(offset * offset * count_v, four * m2);
-    if (sizeof(T) < sizeof(double)) again |= ~finite_lanes(m2) & ((1 << W) - 1);
+    again |= ~finite_lanes(m2) & ((1 << W) - 1);
     double mean_a[W], m2_a[W];
     mean.store(mean_a);
     m2.store(m2_a);
@@ -410,7 +410,7 @@ void store_shifted_moments(double* out, const T* x, const T* ref, const T* shift
 // mean = shift + sum(d) / n;  m2 = sum(d^2) - sum(d)^2 / n.   out: 3 doubles per column, the
 // mean relative to the column's reference ref[j] (see chunk_moments).
 // A column whose shift lands more than 2 std from its mean (outliers up front, sorted data) is
-// done again by column_moments, as is one whose float32 sums overflowed.
+// done again by column_moments, as is one whose sums overflowed.
 template <class T>
 void tile_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j0, int64_t r0,
                   int64_t r1, const RowsAhead& ahead) {

@@ -303,11 +303,10 @@ template <class T, int64_t kVectors, bool kSequential, class AfterRow>
   (D::load(sum_d2) - sum_d_v * mean_d_v).store(m2);
   for (int r = 0; r < kGroup; ++r) {
     out[r] = {count, static_cast<double>(shift[r]) + mean_d[r], m2[r]};
-    // A shift more than 2 std off (outliers up front, sorted data), or overflowed float32
-    // sums: the row again (absolute mean: ref 0).
+    // A shift more than 2 std off (outliers up front, sorted data), or overflowed sums: the
+    // row again (absolute mean: ref 0).
     const bool too_far = shift_too_far(out[r], static_cast<double>(shift[r]));
-    if (too_far || overflowed<T>(out[r]))
-      out[r] = moments_again(row[r], cols, T(0), out[r], too_far);
+    if (too_far || overflowed(out[r])) out[r] = moments_again(row[r], cols, T(0), out[r], too_far);
   }
 }
 

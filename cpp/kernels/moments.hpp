@@ -106,8 +106,10 @@ Moments shifted_moments(const T* x, int64_t n, T shift, T ref, int64_t ahead = 0
 // Moments of the n values x[0], x[stride], ..., x[(n - 1) * stride] with every sum in float64
 // (two passes; the mean relative to ref, as in chunk_moments). The other paths sum float32
 // values in float32 blocks: when the squared deviations overflow float32 (values 1.8e19 or more
-// from the shift) their m2 comes out inf, and they redo the values here. Non-finite input
-// still gives a non-finite result.
+// from the shift) their m2 comes out inf, and they redo the values here. Float64 sums overflow
+// too near the largest values, where a shift a rounding off (an ulp of 1e308 is 2e292) leaves
+// deviations whose squares pass it; ref is a value of the input, so around it a constant row or
+// channel gives deviations of exactly 0. Non-finite input still gives a non-finite result.
 template <class T>
 [[gnu::noinline, gnu::cold]] Moments wide_moments(const T* x, int64_t n, int64_t stride, T ref) {
   double sum = 0.0;
@@ -122,11 +124,8 @@ template <class T>
   return {static_cast<double>(n), mean, m2};
 }
 
-// True when m came from float32 sums that overflowed (see wide_moments).
-template <class T>
-bool overflowed(const Moments& m) {
-  return sizeof(T) < sizeof(double) && !std::isfinite(m.m2);
-}
+// True when m came from sums that overflowed (see wide_moments).
+inline bool overflowed(const Moments& m) { return !std::isfinite(m.m2); }
 
 // 1 / Vec<T>::width in float64: a power of two, so that the values scaled by it add up to
 // their sum / width with the same bits, and float64 values near the largest add up without
@@ -144,7 +143,7 @@ inline T first_vector_mean(const T* x) {
 }
 
 // The rare rest of a shifted pass over x[0, n) whose result `first` (mean relative to ref) came
-// from a shift too far from the mean, or from float32 sums that overflowed: the pass again
+// from a shift too far from the mean, or from sums that overflowed: the pass again
 // around the mean found first, and in float64 (wide_moments) if the sums overflow. Out of line
 // so that the common case of its callers stays small.
 template <class T>
@@ -152,7 +151,7 @@ template <class T>
                                                    const Moments& first, bool too_far) {
   Moments m = first;
   if (too_far) m = shifted_moments(x, n, static_cast<T>(static_cast<double>(ref) + m.mean), ref);
-  return overflowed<T>(m) ? wide_moments(x, n, 1, ref) : m;
+  return overflowed(m) ? wide_moments(x, n, 1, ref) : m;
 }
 
 // Moments of x[0, n) (a chunk that stays in L1). The shift is the mean of the first vector of
@@ -170,7 +169,7 @@ template <class T, bool kAhead = false, class Also = NoWork>
   const T shift = n >= Vec<T>::width ? first_vector_mean(x) : x[0];
   const Moments m = shifted_moments<T, kAhead>(x, n, shift, ref, ahead, also);
   const bool too_far = shift_too_far(m, static_cast<double>(shift) - static_cast<double>(ref));
-  if (too_far || overflowed<T>(m)) return moments_again(x, n, ref, m, too_far);
+  if (too_far || overflowed(m)) return moments_again(x, n, ref, m, too_far);
   return m;
 }
 
