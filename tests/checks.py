@@ -13,6 +13,12 @@ from normkit import reference
 RTOL = {np.float32: 2e-6, np.float64: 1e-13}
 
 
+def streamed_rows(cols, dtype, extra=1):
+    """Rows of ``cols`` values of ``dtype`` that make an array ``extra`` rows past the size from
+    which the kernels stream (``normkit.info()["stream_threshold_bytes"]``)."""
+    return normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + extra
+
+
 def _wide(a):
     """``a`` in the reference's precision: float64 for float32 data, np.longdouble for float64."""
     if a is None:

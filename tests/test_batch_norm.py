@@ -11,6 +11,7 @@ from checks import (
     assert_same_with_one_and_two_threads,
     check_batch_norm,
     numeric_grad,
+    streamed_rows,
 )
 from normkit import BatchNorm, reference
 
@@ -291,7 +292,7 @@ def test_streamed_channels_last_inputs_off_a_cache_line_give_the_same_bits(isa, 
     # the rows instead of down them in register tiles: the same operations per column. The
     # aligned copy takes the tiles, the one 16 bytes past a line the rows.
     rng = np.random.default_rng(12)
-    rows = normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + 5
+    rows = streamed_rows(cols, dtype, 5)
     buffer = np.empty(rows * cols + 16, dtype)
     start = -buffer.ctypes.data % 64 // buffer.itemsize  # first value on a cache line
     aligned = buffer[start : start + rows * cols].reshape(rows, cols)
@@ -318,7 +319,7 @@ def test_streamed_wide_tables_match_reference(isa, cols, dtype):
     # (256) go along the rows, a page of each row per task: 528 columns (whole cache lines,
     # which took register tiles before) in one task of float32 or two of float64, 1030 in a
     # task of a page and one of 6 columns (float32) past the last vector.
-    rows = normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + 5
+    rows = streamed_rows(cols, dtype, 5)
     check_batch_norm((rows, cols), 1, dtype, mean_offset=1e4)
 
 
@@ -641,7 +642,7 @@ def test_constant_columns_near_the_float64_maximum(isa, shape, skew_bytes):
     # a cache line and take tiles aligned.
     if isinstance(shape, str):
         cols = int(shape.split()[1])
-        shape = (normkit.info()["stream_threshold_bytes"] // (cols * 8) + 1, cols)
+        shape = (streamed_rows(cols, np.float64), cols)
     levels = np.resize([1.5e308, -1.7e308, 1e308, -1e308, 0.5], shape[1])
     size = int(np.prod(shape))
     buffer = np.empty(size + 8)

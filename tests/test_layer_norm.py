@@ -13,6 +13,7 @@ from checks import (
     numeric_grad,
     ref_backward,
     ref_forward,
+    streamed_rows,
     sum_scale,
     y_scale,
 )
@@ -132,7 +133,7 @@ def test_constant_rows_near_the_float64_maximum(isa, shape):
     # the rows in pairs (768).
     if isinstance(shape, str):
         cols = int(shape.split()[1])
-        shape = (normkit.info()["stream_threshold_bytes"] // (cols * 8) + 1, cols)
+        shape = (streamed_rows(cols, np.float64), cols)
     levels = np.resize([1.5e308, -1.7e308, 1e308, -1e308, 0.5], shape[0])
     x = np.broadcast_to(levels[:, None], shape).copy()
     y, mean, rstd = normkit.layer_norm_forward(x)
@@ -267,7 +268,7 @@ def test_misaligned_out_of_a_streamed_array(isa, cols, dtype):
     # array that starts off the vector alignment takes another path (an aligning head per row)
     # and must give the same bits, in place too.
     rng = np.random.default_rng(10)
-    rows = normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + 1
+    rows = streamed_rows(cols, dtype)
     x = rng.standard_normal((rows, cols)).astype(dtype)
     gamma, beta = rng.standard_normal(cols).astype(dtype), rng.standard_normal(cols).astype(dtype)
     expected = normkit.layer_norm(x, gamma, beta)
@@ -289,7 +290,7 @@ def test_streamed_rows_of_odd_length_give_the_bits_of_a_small_array(isa, cols, d
     # lines (wherever the row starts), and the backward of rows that are not whole vectors goes
     # row by row instead of in groups: per row, the arithmetic of a small array's rows.
     rng = np.random.default_rng(11)
-    rows = normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + 3
+    rows = streamed_rows(cols, dtype, 3)
     x = rng.standard_normal((rows, cols)).astype(dtype)
     dy = rng.standard_normal((rows, cols)).astype(dtype)
     gamma, beta = rng.standard_normal(cols).astype(dtype), rng.standard_normal(cols).astype(dtype)
@@ -314,7 +315,7 @@ def test_streamed_rows_in_pairs_without_gamma(isa, dtype):
     # that sums the next); without gamma it takes its own instance: the bits of a small array.
     rng = np.random.default_rng(12)
     cols = 768
-    rows = normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + 3
+    rows = streamed_rows(cols, dtype, 3)
     x = (rng.standard_normal((rows, cols)) * 2 + 50).astype(dtype)
     dy = rng.standard_normal((rows, cols)).astype(dtype)
     y, mean, rstd = normkit.layer_norm_forward(x)
@@ -336,7 +337,7 @@ def test_streamed_rows_in_pairs_add_every_row_once(isa, last_rows, dtype):
     # count, and on two threads the first task ends after a block of whole flushes.
     rng = np.random.default_rng(13)
     cols = 768
-    rows = normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + 1
+    rows = streamed_rows(cols, dtype)
     rows += (last_rows - rows % 16) % 16
     x = (rng.standard_normal((rows, cols)) * 2 + 1e4).astype(dtype)
     dy = rng.standard_normal((rows, cols)).astype(dtype)
@@ -489,7 +490,7 @@ def test_row_results_do_not_depend_on_array_size(isa, cols, dtype):
     # KiB at a time between prefetches); the same rows must give the same bits as in a small
     # array.
     rng = np.random.default_rng(9)
-    rows = normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + 1
+    rows = streamed_rows(cols, dtype)
     x = (rng.standard_normal((rows, cols)) * 3 + 1e4).astype(dtype)
     y, mean, rstd = normkit.layer_norm_forward(x)
     for part in (slice(0, 37), slice(rows - 37, rows)):  # first rows, and the last ones
@@ -505,7 +506,7 @@ def test_backward_rows_do_not_depend_on_array_size(isa, cols, dtype):
     # group's tiles with gamma on AVX2/AVX-512, a KiB of a row at a time otherwise); each row's
     # dx must be the same bits as in a small array (dgamma/dbeta sum over all rows).
     rng = np.random.default_rng(10)
-    rows = normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + 1
+    rows = streamed_rows(cols, dtype)
     x = (rng.standard_normal((rows, cols)) * 3 + 1e4).astype(dtype)
     dy = rng.standard_normal((rows, cols)).astype(dtype)
     gamma = rng.standard_normal(cols).astype(dtype)
