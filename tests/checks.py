@@ -19,6 +19,14 @@ def streamed_rows(cols, dtype, extra=1):
     return normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + extra
 
 
+def streamed_backward_rows(cols, dtype, extra=1):
+    """Rows of ``cols`` values of ``dtype`` that make an array ``extra`` rows past the size from
+    which the LayerNorm backward streams dx: its three arrays (x, dy, dx) past twice the
+    threshold, two thirds of the forward's size."""
+    row_bytes = cols * np.dtype(dtype).itemsize
+    return 2 * normkit.info()["stream_threshold_bytes"] // (3 * row_bytes) + extra
+
+
 def _wide(a):
     """``a`` in the reference's precision: float64 for float32 data, np.longdouble for float64."""
     if a is None:

@@ -13,6 +13,7 @@ from checks import (
     numeric_grad,
     ref_backward,
     ref_forward,
+    streamed_backward_rows,
     streamed_rows,
     sum_scale,
     y_scale,
@@ -515,6 +516,34 @@ def test_backward_rows_do_not_depend_on_array_size(isa, cols, dtype):
     for part in (slice(0, 37), slice(rows - 37, rows)):  # first rows, and the last ones
         dx1 = normkit.layer_norm_backward(dy[part], x[part], mean[part], rstd[part], gamma)[0]
         assert np.array_equal(dx[part], dx1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", [768, 1001, 5000])
+def test_backward_streams_below_the_forwards_size(isa, cols, dtype):
+    # The backward streams dx from two thirds of the forward's size on (its call moves three
+    # arrays to the forward's two), so an array just past that line takes the streamed paths
+    # (768: rows in pairs; 1001: row by row a KiB at a time; 5000: two chunks a row, in groups)
+    # while its forward does not. Each row's dx must be the bits of a small array, the same on
+    # 1 and 2 threads, and dgamma/dbeta the reference's.
+    rng = np.random.default_rng(14)
+    rows = streamed_backward_rows(cols, dtype)
+    assert rows < streamed_rows(cols, dtype, 0)
+    x = (rng.standard_normal((rows, cols)) * 3 + 1e4).astype(dtype)
+    dy = rng.standard_normal((rows, cols)).astype(dtype)
+    gamma = rng.standard_normal(cols).astype(dtype)
+    _, mean, rstd = normkit.layer_norm_forward(x, gamma)
+    assert_same_with_one_and_two_threads(
+        lambda: normkit.layer_norm_backward(dy, x, mean, rstd, gamma)
+    )
+    dx, dgamma, dbeta = normkit.layer_norm_backward(dy, x, mean, rstd, gamma)
+    for part in (slice(0, 37), slice(rows - 37, rows)):  # first rows, and the last ones
+        dx1 = normkit.layer_norm_backward(dy[part], x[part], mean[part], rstd[part], gamma)[0]
+        assert np.array_equal(dx[part], dx1)
+    _, dgamma_ref, dbeta_ref = ref_backward(dy, x, mean, rstd, gamma)
+    xhat = (x.astype(np.float64) - mean[:, None]) * rstd[:, None]
+    assert_close(dgamma, dgamma_ref, dtype, "dgamma", sum_scale(np.abs(dy * xhat).sum(0)))
+    assert_close(dbeta, dbeta_ref, dtype, "dbeta", sum_scale(np.abs(dy).sum(0)))
 
 
 def test_concurrent_python_threads(rng):

@@ -681,6 +681,20 @@ bool stream_output(int64_t rows, int64_t cols) {
   return rows * cols * int64_t{sizeof(T)} >= stream_threshold_bytes();
 }
 
+// The backward streams dx once its three arrays (x, dy, dx) pass twice the threshold, the
+// forward's two arrays at the threshold: the bytes a call moves, not its output's size, decide
+// whether its arrays can stay in the last-level cache. Arrays of 4-8 MiB, below the forward's
+// threshold (8 MiB on Zen 3's 32 MiB L3), went through the cache at memory speed or slower.
+// Zen 3, AVX2, float32, interleaved medians of 7, through the cache -> streamed, 1 / 2 threads:
+// 1000x1536 1.65 -> 0.92 / 0.55 -> 0.45 ms, 500x3000 1.59 -> 0.86 / 0.76 -> 0.47, 2600x768
+// 2.13 -> 1.19 / 1.06 -> 0.76, 400x5000 2.8 -> 2.1 / 1.62 -> 0.97; float64 250x3000 1.37 ->
+// 0.74 / 0.63 -> 0.47. At 4-5 MiB, 1 thread gained (1576x768 0.84 -> 0.66 ms) and 2 did not
+// (0.375 against 0.388; 2000x512 0.32 against 0.34), so the line stays at 2/3 of the threshold.
+template <class T>
+bool stream_dx(int64_t rows, int64_t cols) {
+  return 3 * rows * cols * int64_t{sizeof(T)} >= 2 * stream_threshold_bytes();
+}
+
 // One short row: y = ((x - mean_hi) * rstd + offset) * gamma + beta, the first n_vec columns
 // as vectors (streamed with kStream: y aligned to the vector size), the rest one by one.
 template <class T, bool kStream>
@@ -1277,15 +1291,26 @@ void backward_row_groups(const BackwardArgs<T>& a, const Plan& p, int64_t b0, in
   }
 }
 
-// Whether backward_row_groups beats backward_rows on rows of `cols` values (with gamma, AVX2 or
-// AVX-512): unless the row stride is within 128 bytes of a multiple of 4 KiB (1024, 2048, 4096
-// columns of float32; 1000). There the walk down a tile of columns has every row's loads 4 KiB
-// from the row above it, and grouped measured 5-30 % slower in cache (32x4096, 256x1024;
-// offsetting one of x, dy and dx by 256 bytes removed it, moving dx's stores after the walk
-// did not) and no faster from memory (4096x4096, 16384x1000). Elsewhere grouped measured
-// 0-35 % faster (float32, AVX-512; 4000x4000 on 2 threads 7.3 -> 6.2 ms, 8000x2000 5.7 -> 5.0).
-template <class T>
+// Whether backward_row_groups beats backward_rows on rows of `cols` values (with gamma):
+//  - AVX-512 always, AVX2 only with dx streamed: a tile's accumulators fill AVX-512's 32
+//    registers, but spill from AVX2's 16 (see tile_dx), and SSE2's 16 of 16 bytes cannot hold
+//    them (rows one by one measured 10-35 % faster there). Through the cache, rows one by one
+//    measured faster on AVX2 at every width tried. Zen 3, interleaved medians of 7, grouped ->
+//    one by one, float32, 1 / 2 threads: 256x768 110 -> 99 / 68 -> 61 us, 1000x768 479 -> 407 /
+//    295 -> 263, 1576x768 (8x197x768) 1.26 -> 0.84 / 0.43 -> 0.38 ms, 400x512 112 -> 102 / 68
+//    -> 61 us, 200x1536 180 -> 155 / 103 -> 94, 64x4000 154 -> 135 / 102 -> 89; float64 800x768
+//    1.59 -> 1.06 / 0.51 -> 0.45 ms. Streamed rows longer than a chunk still gained grouped
+//    (float32 1000x5000 5.8 -> 4.7 / 3.4 -> 3.1 ms, 500x8000 5.2 -> 4.5 / 2.7 -> 2.6).
+//  - unless the row stride is within 128 bytes of a multiple of 4 KiB (1024, 2048, 4096
+//    columns of float32; 1000). There the walk down a tile of columns has every row's loads
+//    4 KiB from the row above it, and grouped measured 5-30 % slower in cache (32x4096,
+//    256x1024; offsetting one of x, dy and dx by 256 bytes removed it, moving dx's stores after
+//    the walk did not) and no faster from memory (4096x4096, 16384x1000). Elsewhere grouped
+//    measured 0-35 % faster (float32, AVX-512; 4000x4000 on 2 threads 7.3 -> 6.2 ms, 8000x2000
+//    5.7 -> 5.0).
+template <class T, bool kStream>
 bool groups_pay(int64_t cols) {
+  if (sizeof(Vec<T>) < (kStream ? 32 : 64)) return false;
   const int64_t skew = cols * int64_t{sizeof(T)} % 4096;
   return skew >= 128 && skew <= 4096 - 128;
 }
@@ -1320,17 +1345,16 @@ void backward_impl(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T*
     parallel_for(p.n_blocks, p.rows_per_block * cols, [&](int64_t b0, int64_t b1) {
       // Streamed rows of one chunk that start on vectors go in pairs (backward_row_pairs).
       // Otherwise, grouping pays for itself through the dgamma/dbeta accumulators (without gamma,
-      // rows in cache went 1.7x slower grouped); SSE2's 16 registers cannot hold a tile's, and
-      // there rows one by one measured 10-35 % faster. See groups_pay for the rows it suits. A tile
-      // walks the same columns down every row, so it streams dx only if every row of dx starts
-      // on a vector; else the rows go one by one (8192x3001 float32, 2 threads, through
-      // Python: 21-25 -> 16.6-18.5 ms).
+      // rows in cache went 1.7x slower grouped) where groups_pay says so. A tile walks the same
+      // columns down every row, so it streams dx only if every row of dx starts on a vector;
+      // else the rows go one by one (8192x3001 float32, 2 threads, through Python: 21-25 ->
+      // 16.6-18.5 ms).
       const bool pairs = kStream && p.n_chunks == 1 && vector_aligned_rows(dx, cols);
       if (pairs && affine)
         backward_row_pairs<T, kStream, true>(a, p, b0, b1);
       else if (pairs)
         backward_row_pairs<T, kStream, false>(a, p, b0, b1);
-      else if (affine && sizeof(Vec<T>) >= 32 && groups_pay<T>(cols) &&
+      else if (affine && groups_pay<T, kStream>(cols) &&
                (!kStream || vector_aligned_rows(dx, cols)))
         backward_row_groups<T, kStream>(a, p, b0, b1);
       else
@@ -1399,7 +1423,7 @@ void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
     }
     return;
   }
-  if (stream_output<T>(rows, cols))
+  if (stream_dx<T>(rows, cols))
     backward_impl<T, true>(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, rows, cols);
   else
     backward_impl<T, false>(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, rows, cols);
