@@ -571,11 +571,20 @@ void rows_moments(double* out, const T* x, const T* ref, int64_t cols, int64_t j
 // 1024x1024 2 threads 195-212 -> 225-255 us (through Python, whose arrays are not aligned, the
 // whole 1024x1024 backward 0.59 -> 0.51-0.54 ms, 32x56x56x64 6.1 -> 4.4-5.2). Eight rows at a
 // time ran 1.4x slower than two or four on 1024x1024: eight rows of x and dy in one L1 set of
-// 8 ways.
+// 8 ways. But streamed tables whose tasks take whole rows (rows of x and dy back to back in
+// memory) go a row at a time (sub_rows = 1), reading x and dy strictly in memory order: two
+// rows at a time, each array is read at two places a row apart, and rows under a page long
+// came from memory at about half the speed. Zen 3, AVX2, 2 / 1 threads, interleaved medians
+// of 7, two rows -> one, training backward float32: 16384x256 4.17 -> 2.71 / 6.80 -> 5.33 ms,
+// 10000x300 3.16 -> 1.59 (2 threads), 8192x512 4.01 -> 3.22 / 7.53 -> 6.17, 5000x600 1.89 ->
+// 1.57; float64 8192x256 4.09 -> 3.87 / 7.27 -> 6.39; eval-mode backward float32 16384x256
+// 4.99 -> 2.95 / 6.84 -> 4.28, 8192x512 3.75 -> 2.60. Tables of one page a row (4096x1024
+// float32) measured the same; tasks of part of each row (2048x2048) 1.4x slower a row at a
+// time, and tables in cache 0-13 % slower (8192x64 177 -> 200 us).
 template <class T, bool kDx>
 void rows_grad_sums(double* out, T* dx, const T* dy, const T* x, const T* mean, const T* invstd,
                     const T* k, int64_t cols, int64_t j0, int64_t j1, int64_t r0, int64_t r1,
-                    const RowsAhead& ahead) {
+                    const RowsAhead& ahead, int64_t sub_rows) {
   using V = Vec<T>;
   constexpr int64_t W = V::width;
   const int64_t m = j1 - j0;
@@ -587,8 +596,8 @@ void rows_grad_sums(double* out, T* dx, const T* dy, const T* x, const T* mean, 
     V::broadcast(T(0)).store(acc_dy + j);
     V::broadcast(T(0)).store(acc_dyx + j);
   }
-  for (int64_t ra = r0; ra < r1; ra += kSubRows) {
-    const int64_t rb = ra + kSubRows < r1 ? ra + kSubRows : r1;
+  for (int64_t ra = r0; ra < r1; ra += sub_rows) {
+    const int64_t rb = ra + sub_rows < r1 ? ra + sub_rows : r1;
     for (int64_t r = ra; r < rb; ++r) {
       ahead.fetch(x + r * cols + j0, cols * int64_t{sizeof(T)});
       ahead.fetch(dy + r * cols + j0, cols * int64_t{sizeof(T)});
@@ -1223,6 +1232,8 @@ int64_t grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, 
   double* parts = ws.data();                       // (blocks, cols, 2)
   double* rest_parts = parts + 2 * cols * blocks;  // (values, 2): the rest rows, per column of x
   const int64_t span = row_task_span<T>(sh);
+  // streamed rows back to back go a row at a time (see rows_grad_sums)
+  const int64_t sub_rows = stream_output<T>(sh) && span * kColGroup >= cols ? 1 : kSubRows;
   const int64_t team = parallel_for(
       sh.n_tasks(span), 2 * kBlockRows * kColGroup * span, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
@@ -1232,7 +1243,7 @@ int64_t grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, 
           const int64_t j_vec = j0 + (j1 - j0) / Vec<T>::width * Vec<T>::width;
           if (j_vec > j0)
             rows_grad_sums<T, kDx>(out + 2 * j0, dx, dy, x, mean_col, invstd_col, k_col, cols, j0,
-                                   j_vec, r0, r1, RowsAhead::of<T>(sh, j0, j1));
+                                   j_vec, r0, r1, RowsAhead::of<T>(sh, j0, j1), sub_rows);
           for (int64_t j = j_vec; j < j1; ++j)
             column_grad_sums<T, kDx>(out + 2 * j, dx, dy, x, mean_col, invstd_col, k_col, cols, j,
                                      r0, r1);
@@ -1886,7 +1897,7 @@ void train_backward_by_column_group(T* dx, double* sum_dy, double* sum_dy_xhat, 
       const int64_t j_vec = j0 + (j1 - j0) / Vec<T>::width * Vec<T>::width;
       if (j_vec > j0)
         rows_grad_sums<T, false>(parts, nullptr, dy, x, mean, invstd, nullptr, cols, j0, j_vec, 0,
-                                 rows, RowsAhead::of<T>(sh, j0, j1));
+                                 rows, RowsAhead::of<T>(sh, j0, j1), kSubRows);
       for (int64_t j = j_vec; j < j1; ++j)
         column_grad_sums<T, false>(parts + 2 * (j - j0), nullptr, dy, x, mean, invstd, nullptr,
                                    cols, j, 0, rows);
