@@ -12,19 +12,22 @@ from normkit import reference
 # float64 reference; float64 results against an extended-precision (np.longdouble) one.
 RTOL = {np.float32: 2e-6, np.float64: 1e-13}
 
+# check_batch_norm's running-statistics momentum
+MOMENTUM = 0.2
 
-def streamed_rows(cols, dtype, extra=1):
+
+def streamed_rows(cols, dtype, extra=1, share=(1, 1)):
     """Rows of ``cols`` values of ``dtype`` that make an array ``extra`` rows past the size from
-    which the kernels stream (``normkit.info()["stream_threshold_bytes"]``)."""
-    return normkit.info()["stream_threshold_bytes"] // (cols * np.dtype(dtype).itemsize) + extra
+    which the kernels stream (``normkit.info()["stream_threshold_bytes"]``), or past
+    ``share[0] / share[1]`` of it."""
+    row_bytes = cols * np.dtype(dtype).itemsize
+    return share[0] * normkit.info()["stream_threshold_bytes"] // (share[1] * row_bytes) + extra
 
 
 def streamed_backward_rows(cols, dtype, extra=1):
-    """Rows of ``cols`` values of ``dtype`` that make an array ``extra`` rows past the size from
-    which the LayerNorm backward streams dx: its three arrays (x, dy, dx) past twice the
-    threshold, two thirds of the forward's size."""
-    row_bytes = cols * np.dtype(dtype).itemsize
-    return 2 * normkit.info()["stream_threshold_bytes"] // (3 * row_bytes) + extra
+    """Rows past the size from which the LayerNorm backward streams dx: its three arrays (x, dy,
+    dx) past twice the threshold, two thirds of the forward's size."""
+    return streamed_rows(cols, dtype, extra, share=(2, 3))
 
 
 def _wide(a):
@@ -181,15 +184,16 @@ def _batch_norm_forward_reference(x, gamma, beta, running_mean, running_var, tra
         _wide(gamma),
         _wide(beta),
         training=training,
-        momentum=0.2,
+        momentum=MOMENTUM,
         axis=axis,
     )
     y_sc = y_scale(y_ref, mean_ref, invstd_ref, x.dtype)
     other_axes, _ = _channel_axes(x.ndim, axis)
-    mean_sc = sum_scale(np.abs(_wide(x)).mean(axis=other_axes)) if training else None
-    # running_mean = 0.8 * running_mean + 0.2 * mean: two terms that can cancel, so its error is
-    # measured against their sizes (as sum_scale does), not against the result's
-    rm_terms = 0.8 * np.abs(_wide(running_mean)) + 0.2 * np.abs(_wide(x)).mean(axis=other_axes)
+    x_abs_mean = np.abs(_wide(x)).mean(axis=other_axes)
+    mean_sc = sum_scale(x_abs_mean) if training else None
+    # running_mean = (1 - momentum) * running_mean + momentum * mean: two terms that can cancel,
+    # so its error is measured against their sizes (as sum_scale does), not against the result's
+    rm_terms = (1 - MOMENTUM) * np.abs(_wide(running_mean)) + MOMENTUM * x_abs_mean
     rm_sc = sum_scale(rm_terms) if training else None
     return y_ref, mean_ref, invstd_ref, rm_ref, rv_ref, y_sc, mean_sc, rm_sc
 
@@ -226,7 +230,7 @@ def check_batch_norm(shape, axis, dtype, mean_offset=0.0, affine=True, seed=0):
     for training in (True, False):
         rm, rv = running_mean.copy(), running_var.copy()
         y, mean, invstd = normkit.batch_norm_forward(
-            x, rm, rv, gamma, beta, training=training, momentum=0.2, axis=axis
+            x, rm, rv, gamma, beta, training=training, momentum=MOMENTUM, axis=axis
         )
         y_ref, mean_ref, invstd_ref, rm_ref, rv_ref, y_sc, mean_sc, rm_sc = _memo(
             (*case, training, "forward"),
@@ -249,7 +253,7 @@ def check_batch_norm(shape, axis, dtype, mean_offset=0.0, affine=True, seed=0):
         # batch_norm returns y alone, its statistics written to scratch memory: the same bits.
         rm_alone, rv_alone = running_mean.copy(), running_var.copy()
         y_alone = normkit.batch_norm(
-            x, rm_alone, rv_alone, gamma, beta, training=training, momentum=0.2, axis=axis
+            x, rm_alone, rv_alone, gamma, beta, training=training, momentum=MOMENTUM, axis=axis
         )
         for got, expected in ((y_alone, y), (rm_alone, rm), (rv_alone, rv)):
             np.testing.assert_array_equal(got, expected, err_msg=what)
