@@ -313,6 +313,34 @@ Moments runs_moments(const T* x, const Shape& sh, int64_t ch, T ref, const Part&
   return runs_moments_of_sums(x, sh, ch, ref, {sum_d, sum_d2});
 }
 
+// Channels per block of channel_unit_sums: their pairs of sums (4 KiB) stay in L1.
+constexpr int64_t kSumChannels = 256;
+
+// The runs layout's per-unit pairs of sums, parts (n, c, chunks_per_run, 2) in memory order,
+// added per channel in unit order (image, then chunk): acc[2 * (ch - c0) + {0, 1}] for channels
+// [c0, c1), at most kSumChannels. Image by image, the channels' pairs lie side by side: the
+// adds go a vector of pairs at a time, where a channel at a time took a chain of dependent
+// adds over parts a whole image apart (about a tenth of the training passes on 7x7 planes).
+// Each channel adds its units in the same order either way: the same bits.
+void channel_unit_sums(double* acc, const double* parts, const Shape& sh, int64_t c0, int64_t c1) {
+  const int64_t per_run = sh.chunks_per_run(), width = 2 * (c1 - c0);
+  zero(acc, width);
+  for (int64_t i = 0; i < sh.n; ++i) {
+    const double* image = parts + 2 * i * sh.c * per_run;
+    if (per_run == 1) {
+      // Scalar math: acc[j] += image[2 * c0 + j], for each j
+      for (int64_t j = 0; j < width; ++j) acc[j] += image[2 * c0 + j];
+      continue;
+    }
+    for (int64_t k = 0; k < per_run; ++k)
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        const double* p = image + 2 * (ch * per_run + k);
+        acc[2 * (ch - c0)] += p[0];
+        acc[2 * (ch - c0) + 1] += p[1];
+      }
+  }
+}
+
 bool flush_due(int64_t r, int64_t r0, int64_t r1) {
   return (r - r0 + 1) % kRowsPerFlush == 0 || r + 1 == r1;
 }
@@ -1127,13 +1155,16 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
       }
     });
     parallel_for(c, 2 * n * per_run, [&](int64_t c0, int64_t c1) {
-      for (int64_t ch = c0; ch < c1; ++ch) {
-        // part q = (image i, chunk k) of this channel
-        const Moments m = runs_moments(x, sh, ch, ref[ch], [&](int64_t q) {
-          return parts + 2 * (((q / per_run) * c + ch) * per_run + q % per_run);
-        });
-        mean[ch] = static_cast<double>(ref[ch]) + m.mean;
-        var[ch] = biased_variance(m);
+      alignas(64) double acc[2 * kSumChannels];
+      for (int64_t b0 = c0; b0 < c1; b0 += kSumChannels) {
+        const int64_t b1 = c1 - b0 < kSumChannels ? c1 : b0 + kSumChannels;
+        channel_unit_sums(acc, parts, sh, b0, b1);
+        for (int64_t ch = b0; ch < b1; ++ch) {
+          const double* sums = acc + 2 * (ch - b0);
+          const Moments m = runs_moments_of_sums(x, sh, ch, ref[ch], {sums[0], sums[1]});
+          mean[ch] = static_cast<double>(ref[ch]) + m.mean;
+          var[ch] = biased_variance(m);
+        }
       }
     });
     return;
@@ -1208,16 +1239,14 @@ int64_t grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, 
           }
         });
     parallel_for(c, 2 * n * per_run, [&](int64_t c0, int64_t c1) {
-      for (int64_t ch = c0; ch < c1; ++ch) {
-        double s_dy = 0.0, s_dyx = 0.0;
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t k = 0; k < per_run; ++k) {
-            const double* p = parts + 2 * ((i * c + ch) * per_run + k);
-            s_dy += p[0];
-            s_dyx += p[1];
-          }
-        sum_dy[ch] = s_dy;
-        sum_dy_xhat[ch] = s_dyx;
+      alignas(64) double acc[2 * kSumChannels];
+      for (int64_t b0 = c0; b0 < c1; b0 += kSumChannels) {
+        const int64_t b1 = c1 - b0 < kSumChannels ? c1 : b0 + kSumChannels;
+        channel_unit_sums(acc, parts, sh, b0, b1);
+        for (int64_t ch = b0; ch < b1; ++ch) {
+          sum_dy[ch] = acc[2 * (ch - b0)];
+          sum_dy_xhat[ch] = acc[2 * (ch - b0) + 1];
+        }
       }
     });
     return team;
