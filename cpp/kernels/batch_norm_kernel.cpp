@@ -760,7 +760,7 @@ template <class T, bool kDx, bool kAhead = false>
   using V = Vec<T>;
   const int64_t n_vec = n - n % V::width;
   const V mean_v = V::broadcast(mean), invstd_v = V::broadcast(invstd), k_v = V::broadcast(k);
-  with_chains<T>(n_vec, [&](auto chains) {
+  with_chains_inlined<T>(n_vec, [&](auto chains) {
     constexpr int kC = decltype(chains)::value;
     Chains<T, kC> s_dy = Chains<T, kC>::zero(), s_dyx = Chains<T, kC>::zero();
     blocked_loop<T, kC>(
