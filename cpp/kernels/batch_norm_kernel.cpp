@@ -341,6 +341,19 @@ void channel_unit_sums(double* acc, const double* parts, const Shape& sh, int64_
   }
 }
 
+// Calls f(ch, sums) for each channel ch in [c0, c1), sums pointing to its two totals of the
+// units' pairs (see channel_unit_sums).
+template <class F>
+void for_channel_unit_sums(const double* parts, const Shape& sh, int64_t c0, int64_t c1,
+                           const F& f) {
+  alignas(64) double acc[2 * kSumChannels];
+  for (int64_t b0 = c0; b0 < c1; b0 += kSumChannels) {
+    const int64_t b1 = c1 - b0 < kSumChannels ? c1 : b0 + kSumChannels;
+    channel_unit_sums(acc, parts, sh, b0, b1);
+    for (int64_t ch = b0; ch < b1; ++ch) f(ch, acc + 2 * (ch - b0));
+  }
+}
+
 bool flush_due(int64_t r, int64_t r0, int64_t r1) {
   return (r - r0 + 1) % kRowsPerFlush == 0 || r + 1 == r1;
 }
@@ -1155,17 +1168,11 @@ void batch_norm_stats(double* mean, double* var, const T* x, int64_t n, int64_t 
       }
     });
     parallel_for(c, 2 * n * per_run, [&](int64_t c0, int64_t c1) {
-      alignas(64) double acc[2 * kSumChannels];
-      for (int64_t b0 = c0; b0 < c1; b0 += kSumChannels) {
-        const int64_t b1 = c1 - b0 < kSumChannels ? c1 : b0 + kSumChannels;
-        channel_unit_sums(acc, parts, sh, b0, b1);
-        for (int64_t ch = b0; ch < b1; ++ch) {
-          const double* sums = acc + 2 * (ch - b0);
-          const Moments m = runs_moments_of_sums(x, sh, ch, ref[ch], {sums[0], sums[1]});
-          mean[ch] = static_cast<double>(ref[ch]) + m.mean;
-          var[ch] = biased_variance(m);
-        }
-      }
+      for_channel_unit_sums(parts, sh, c0, c1, [&](int64_t ch, const double* sums) {
+        const Moments m = runs_moments_of_sums(x, sh, ch, ref[ch], {sums[0], sums[1]});
+        mean[ch] = static_cast<double>(ref[ch]) + m.mean;
+        var[ch] = biased_variance(m);
+      });
     });
     return;
   }
@@ -1239,15 +1246,10 @@ int64_t grad_sums_impl(double* sum_dy, double* sum_dy_xhat, T* dx, const T* dy, 
           }
         });
     parallel_for(c, 2 * n * per_run, [&](int64_t c0, int64_t c1) {
-      alignas(64) double acc[2 * kSumChannels];
-      for (int64_t b0 = c0; b0 < c1; b0 += kSumChannels) {
-        const int64_t b1 = c1 - b0 < kSumChannels ? c1 : b0 + kSumChannels;
-        channel_unit_sums(acc, parts, sh, b0, b1);
-        for (int64_t ch = b0; ch < b1; ++ch) {
-          sum_dy[ch] = acc[2 * (ch - b0)];
-          sum_dy_xhat[ch] = acc[2 * (ch - b0) + 1];
-        }
-      }
+      for_channel_unit_sums(parts, sh, c0, c1, [&](int64_t ch, const double* sums) {
+        sum_dy[ch] = sums[0];
+        sum_dy_xhat[ch] = sums[1];
+      });
     });
     return team;
   }
