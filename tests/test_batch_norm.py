@@ -432,6 +432,18 @@ def test_threads_give_bitwise_identical_results(isa, shape, axis, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("s", [49, 4099], ids=["unit_a_run", "two_units_a_run"])
+def test_runs_of_many_channels_past_l2_match_reference(isa, s, dtype):
+    # The whole-array passes over runs add each channel's units (chunks of at most 4096 values)
+    # image by image, blocks of 256 channels at a time: 300 channels make a full block and part
+    # of one, on arrays past one L2 (smaller ones of short runs go a channel at a time).
+    info = normkit.info()
+    c = 300
+    n = info["l2_cache_bytes"] // (2 * c * s * np.dtype(dtype).itemsize) + 2
+    check_batch_norm((n, c, s), 1, dtype, mean_offset=1e4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_channel_at_a_time_gives_the_bits_of_whole_array_passes(isa, dtype):
     # Training arrays larger than the last-level cache whose channels fit in L2 go a channel at
     # a time per thread: the AVX-512 build on two threads or more (whole-array passes on one),
