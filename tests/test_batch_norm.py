@@ -444,19 +444,22 @@ def test_runs_of_many_channels_past_l2_match_reference(isa, s, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_channel_at_a_time_gives_the_bits_of_whole_array_passes(isa, dtype):
+@pytest.mark.parametrize("plane", [(17, 19), (7, 7)], ids=["17x19", "7x7"])
+def test_channel_at_a_time_gives_the_bits_of_whole_array_passes(isa, dtype, plane):
     # Training arrays larger than the last-level cache whose channels fit in L2 go a channel at
     # a time per thread: the AVX-512 build on two threads or more (whole-array passes on one),
     # the others on any thread count for runs of 1 KiB and more. 1 and 2 threads: same bits.
+    # Odd runs of over 1 KiB, and of 49 values, which go four runs at a time (grouped_runs):
+    # unaligned starts, vector tails, and a last group of fewer runs.
     info = normkit.info()
     itemsize = np.dtype(dtype).itemsize
-    s = 17 * 19  # odd runs of over 1 KiB: unaligned starts, vector tails
-    n = max(info["l2_cache_bytes"] // (8 * 2 * s * itemsize), 2) | 1
+    s = plane[0] * plane[1]
+    n = max(info["l2_cache_bytes"] // (8 * 2 * s * itemsize), 2) | 3  # last group: 3 runs
     c = info["last_level_cache_bytes"] // (n * s * itemsize) + 3
     if n * c * s * itemsize > 1 << 30:
         pytest.skip("last-level cache too large for a test array")
     rng = np.random.default_rng(4)
-    x = (rng.standard_normal((n, c, 17, 19)) + 50).astype(dtype)
+    x = (rng.standard_normal((n, c, *plane)) + 50).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
     gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
 
