@@ -349,6 +349,24 @@ template <class Sums4>
   }
 }
 
+// Channel ch's runs, grouped (see kGroupedRunBytes), four images at a time: image i's pair of
+// sums of d = x - ref and d^2 into parts[2i, 2i + 2), each group prefetching the runs `ahead`
+// images on (none where they would pass the last image).
+template <class T>
+void channel_run_sums4(double* parts, const T* x, const Shape& sh, int64_t ch, T ref, Vec<T> keep,
+                       int64_t ahead) {
+  const int64_t n = sh.n, c = sh.c, s = sh.s;
+  const T refs[kGroupRuns] = {ref, ref, ref, ref};
+  for_unit_groups(
+      parts, 0, n, 0, 1,
+      [&](double* out, const int64_t* image, const int64_t*) __attribute__((always_inline)) {
+        const T* xs[kGroupRuns];
+        for (int q = 0; q < kGroupRuns; ++q) xs[q] = x + (image[q] * c + ch) * s;
+        store_unit_sums4<T, true>(out, xs, refs, s, keep,
+                                  image[kGroupRuns - 1] + ahead < n ? ahead * c * s : 0);
+      });
+}
+
 // Calls f(i, off, len) for the units of channel ch (values x[off, off + len) of image i), in
 // unit order.
 template <class F>
@@ -962,6 +980,37 @@ template <class T, bool kDx, bool kAhead = false>
   store_pairs(p, sum_dy, sum_dyx);
 }
 
+// Channel ch's sums of dy and dy * xhat over its runs, grouped (see kGroupedRunBytes), four
+// images at a time: image i's pair of sums goes to parts[2i, 2i + 2), then they are added in
+// image order into sum_dy[ch] and sum_dy_xhat[ch]. With kAhead, each group prefetches the runs
+// `ahead` images on (as channel_run_sums4).
+template <class T, bool kAhead>
+void channel_grad_sums4(double* sum_dy, double* sum_dy_xhat, double* parts, const T* dy, const T* x,
+                        const Shape& sh, int64_t ch, T mean, T invstd, Vec<T> keep,
+                        int64_t ahead = 0) {
+  const int64_t n = sh.n, c = sh.c, s = sh.s;
+  const T means[kGroupRuns] = {mean, mean, mean, mean};
+  const T invstds[kGroupRuns] = {invstd, invstd, invstd, invstd};
+  for_unit_groups(
+      parts, 0, n, 0, 1,
+      [&](double* out, const int64_t* image, const int64_t*) __attribute__((always_inline)) {
+        const T *dys[kGroupRuns], *xs[kGroupRuns];
+        for (int q = 0; q < kGroupRuns; ++q) {
+          dys[q] = dy + (image[q] * c + ch) * s;
+          xs[q] = x + (image[q] * c + ch) * s;
+        }
+        grad_sums4<T, false, kAhead>(out, nullptr, dys, xs, means, invstds, nullptr, s, keep,
+                                     image[kGroupRuns - 1] + ahead < n ? ahead * c * s : 0);
+      });
+  double s_dy = 0.0, s_dyx = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    s_dy += parts[2 * i];
+    s_dyx += parts[2 * i + 1];
+  }
+  sum_dy[ch] = s_dy;
+  sum_dy_xhat[ch] = s_dyx;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Element-wise passes
 
@@ -1561,26 +1610,11 @@ void train_backward_by_channel(T* dx, double* sum_dy, double* sum_dy_xhat, const
     double* parts = ws.data();  // grouped runs: (n, 2) of this channel
     const Vec<T> keep = tail_keep<T>(s);
     for (int64_t ch = c0; ch < c1; ++ch) {
-      double s_dy = 0.0, s_dyx = 0.0;
-      if (grouped) {  // unit i = image i (runs_ahead takes every grouped run)
-        const T means[kGroupRuns] = {mean[ch], mean[ch], mean[ch], mean[ch]};
-        const T invstds[kGroupRuns] = {invstd[ch], invstd[ch], invstd[ch], invstd[ch]};
-        for_unit_groups(
-            parts, 0, n, 0, 1,
-            [&](double* out, const int64_t* image, const int64_t*) __attribute__((always_inline)) {
-              const T *dys[kGroupRuns], *xs[kGroupRuns];
-              for (int q = 0; q < kGroupRuns; ++q) {
-                dys[q] = dy + (image[q] * c + ch) * s;
-                xs[q] = x + (image[q] * c + ch) * s;
-              }
-              grad_sums4<T, false, true>(out, nullptr, dys, xs, means, invstds, nullptr, s, keep,
-                                         image[kGroupRuns - 1] + ahead < n ? ahead * c * s : 0);
-            });
-        for (int64_t i = 0; i < n; ++i) {
-          s_dy += parts[2 * i];
-          s_dyx += parts[2 * i + 1];
-        }
+      if (grouped) {  // (runs_ahead takes every grouped run)
+        channel_grad_sums4<T, true>(sum_dy, sum_dy_xhat, parts, dy, x, sh, ch, mean[ch], invstd[ch],
+                                    keep, ahead);
       } else {
+        double s_dy = 0.0, s_dyx = 0.0;
         for_channel_units(sh, ch, [&](int64_t i, int64_t off, int64_t len) {
           double part[2];
           if (ahead > 0)  // (the last runs prefetch their own lines: offset 0)
@@ -1592,10 +1626,10 @@ void train_backward_by_channel(T* dx, double* sum_dy, double* sum_dy_xhat, const
           s_dy += part[0];
           s_dyx += part[1];
         });
+        sum_dy[ch] = s_dy;
+        sum_dy_xhat[ch] = s_dyx;
       }
-      sum_dy[ch] = s_dy;
-      sum_dy_xhat[ch] = s_dyx;
-      const T a = static_cast<T>(s_dy / count), nb = -static_cast<T>(s_dyx / count);
+      const T a = static_cast<T>(sum_dy[ch] / count), nb = -static_cast<T>(sum_dy_xhat[ch] / count);
       for (int64_t i = 0; i < n; ++i) {
         const int64_t off = (i * c + ch) * s;
         train_dx_run<T, true>(dx + off, dy + off, x + off, mean[ch], invstd[ch], k[ch], a, nb, s);
@@ -1639,16 +1673,8 @@ void train_forward_by_channel(T* y, T* mean, T* invstd, double* batch_mean, doub
     const Vec<T> keep = tail_keep<T>(s);
     for (int64_t ch = c0; ch < c1; ++ch) {
       const T ref = channel_ref(x, sh, ch);
-      if (grouped_runs<T>(sh)) {  // unit i = image i (runs_ahead takes every grouped run)
-        const T refs[kGroupRuns] = {ref, ref, ref, ref};
-        for_unit_groups(
-            parts, 0, n, 0, 1,
-            [&](double* out, const int64_t* image, const int64_t*) __attribute__((always_inline)) {
-              const T* xs[kGroupRuns];
-              for (int q = 0; q < kGroupRuns; ++q) xs[q] = x + (image[q] * c + ch) * s;
-              store_unit_sums4<T, true>(out, xs, refs, s, keep,
-                                        image[kGroupRuns - 1] + ahead < n ? ahead * c * s : 0);
-            });
+      if (grouped_runs<T>(sh)) {  // (runs_ahead takes every grouped run)
+        channel_run_sums4(parts, x, sh, ch, ref, keep, ahead);
       } else {
         double* part = parts;
         for_channel_units(sh, ch, [&](int64_t i, int64_t off, int64_t len) {
@@ -1777,14 +1803,24 @@ void train_backward_short_runs(T* dx, double* sum_dy, double* sum_dy_xhat, const
   const int64_t n = sh.n, c = sh.c, s = sh.s;
   const double count = static_cast<double>(n * s);
   parallel_for(c, 5 * n * s, [&](int64_t c0, int64_t c1) {
+    const bool grouped = grouped_runs<T>(sh);
+    Workspace ws(static_cast<std::size_t>(grouped ? 2 * n : 0));
+    double* parts = ws.data();  // grouped runs: (n, 2) of this channel
+    const Vec<T> keep = tail_keep<T>(s);
     for (int64_t ch = c0; ch < c1; ++ch) {
-      GradTotals<T> totals;
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t off = (i * c + ch) * s;
-        add_grad_sums<T, false>(totals, nullptr, dy + off, x + off, mean[ch], invstd[ch], T(0), s);
+      if (grouped) {
+        channel_grad_sums4<T, false>(sum_dy, sum_dy_xhat, parts, dy, x, sh, ch, mean[ch],
+                                     invstd[ch], keep);
+      } else {
+        GradTotals<T> totals;
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t off = (i * c + ch) * s;
+          add_grad_sums<T, false>(totals, nullptr, dy + off, x + off, mean[ch], invstd[ch], T(0),
+                                  s);
+        }
+        sum_dy[ch] = totals.sum_dy();
+        sum_dy_xhat[ch] = totals.sum_dyx();
       }
-      sum_dy[ch] = totals.sum_dy();
-      sum_dy_xhat[ch] = totals.sum_dyx();
       const T a = static_cast<T>(sum_dy[ch] / count), nb = -static_cast<T>(sum_dy_xhat[ch] / count);
       for (int64_t i = 0; i < n; ++i) {
         const int64_t off = (i * c + ch) * s;
