@@ -238,15 +238,21 @@ template <class T, bool kAhead = false>
   p[1] = sums.d2;
 }
 
-// Runs shorter than kGroupedRunBytes (a unit each) go four at a time through their sums
-// (store_unit_sums4, grad_sums4): each run keeps vectors of its own, and the four runs' lanes are
-// added together at the end (lane_totals4). One at a time, each run ended in horizontal sums,
-// widenings and float64 adds of its own, a chain of dependent steps longer than its loads: the
-// statistics of 49-value float32 runs ran at a third of the speed of a plain read of them, and
-// four at a time took half as long (Zen 3, AVX2, 1 thread, 39x256x7x7: 100 -> 50 us; 14x14
-// runs: 225 -> 165 us; a read 30 and 110 us). Every path that sums units of such runs (the
-// whole-array passes, by channel, by channel block) takes them this way: each unit gets the
-// same bits whichever its neighbours in the group.
+// Runs shorter than kGroupedRunBytes (7x7 to 11x11 float32 planes; a unit each) go four at a
+// time through their sums (store_unit_sums4, grad_sums4): each run keeps a vector of its own,
+// and the four runs' lanes are added together at the end (lane_totals4). One at a time, each run
+// ended in horizontal sums, widenings and float64 adds of its own, a chain of dependent steps
+// longer than its loads: the statistics of 49-value float32 runs in cache ran at a third of the
+// speed of a plain read of them. Zen 3, AVX2, float32, the units' sums alone, 1 thread,
+// 39x256x7x7: 84 -> 43 us (a read: 34). Whole passes, interleaved medians of 9, 1 / 2 threads:
+// 8x512x7x7 forward 102 / 54 -> 58 / 39 us, backward 127 / 76 -> 100 / 57; 39x256x7x7 backward
+// 327 / 177 -> 202 / 138; from memory, 128x512x7x7 forward 1.23 -> 1.05 ms and backward 1.81 ->
+// 1.61 on 2 threads. Runs of 784 bytes (14x14 float32) four at a time read eight streams a run
+// apart, and the backward's sums of 64x256x14x14 from memory took 1.5 times as long (1 thread,
+// 2.5 -> 3.7 ms), with or without prefetching; in cache they gained nothing measurable as a
+// whole (16x256x14x14). So the rule is the run's length alone, as each unit's bits must be:
+// the whole-array passes, by_channel and the short-runs backward take such runs four at a
+// time, and the channel blocks (runs of kMinBlockRunBytes or more) take none.
 constexpr int64_t kGroupedRunBytes = 512;
 constexpr int kGroupRuns = 4;
 static_assert(kMinRun >= 16, "a run holds a whole vector (tails load the run's last one)");
@@ -327,7 +333,9 @@ template <class T, bool kAhead = false>
 // Calls sums4(out, unit, ch) for the units [u0, u1), kGroupRuns at a time: unit[k] and its
 // channel ch[k] (units in order, channels counting up from ch0 and wrapping at c), out the
 // place of the first one's pair, at pairs + 2 * (unit - u0). A last group of fewer units repeats
-// its last one, and its pairs go through scratch.
+// its last one, and its pairs go through scratch. The callers' sums4 are declared always_inline:
+// GCC kept them out of line, and each group's units and channels went through the stack (the
+// statistics of 39x256x7x7 float32 on 1 thread: 130 against 63 us; Zen 3, AVX2).
 template <class Sums4>
 [[gnu::always_inline]] inline void for_unit_groups(double* pairs, int64_t u0, int64_t u1,
                                                    int64_t ch0, int64_t c, const Sums4& sums4) {
@@ -1795,8 +1803,9 @@ bool by_channel(const Shape& sh, int64_t inputs) {
 }
 
 // The training backward for short runs in cache (see short_runs_in_cache), a channel at a
-// time: its runs add their sums of dy and dy * xhat into the same float64 vectors, then its dx
-// is written while x and dy are in L1.
+// time: its runs add their sums of dy and dy * xhat into the same float64 vectors (runs shorter
+// than kGroupedRunBytes: four at a time, channel_grad_sums4; 16x64x7x7 float32, 1 thread,
+// interleaved medians of 11: 33 -> 24 us), then its dx is written while x and dy are in L1.
 template <class T>
 void train_backward_short_runs(T* dx, double* sum_dy, double* sum_dy_xhat, const T* dy, const T* x,
                                const T* mean, const T* invstd, const T* k, const Shape& sh) {
