@@ -303,7 +303,7 @@ template <class T, class Step, class Done>
 
 // The sums of d = x - ref[k] and d^2 over the len values at x[k], for k in [0, 4), into p[2k]
 // and p[2k + 1] (store_unit_sums's pair, four runs at a time; see kGroupedRunBytes).
-// keep = tail_keep<T>(len).
+// keep = tail_keep<T>(len). With kAhead each run also prefetches its values `ahead` on, into L2.
 template <class T, bool kAhead = false>
 [[gnu::always_inline]] inline void store_unit_sums4(double* p, const T* const* x, const T* ref,
                                                     int64_t len, Vec<T> keep, int64_t ahead = 0) {
@@ -953,6 +953,7 @@ void chunk_grad_sums(double* out, T* dx, const T* dy, const T* x, T mean, T invs
 // The sums of dy and dy * xhat over the len values of run k (at dy[k] and x[k], with mean[k]
 // and invstd[k]) for k in [0, 4), into p[2k] and p[2k + 1]; with kDx also dx = k * dy
 // (chunk_grad_sums, four runs at a time; see kGroupedRunBytes). keep = tail_keep<T>(len).
+// kAhead, ahead: as in store_unit_sums4, for dy and x.
 template <class T, bool kDx, bool kAhead = false>
 [[gnu::always_inline]] inline void grad_sums4(double* p, T* const* dx, const T* const* dy,
                                               const T* const* x, const T* mean, const T* invstd,
