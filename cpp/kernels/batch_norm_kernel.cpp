@@ -248,10 +248,10 @@ template <class T, bool kAhead = false>
 // 8x512x7x7 forward 102 / 54 -> 58 / 39 us, backward 127 / 76 -> 100 / 57; 39x256x7x7 backward
 // 327 / 177 -> 202 / 138; from memory, 128x512x7x7 forward 1.23 -> 1.05 ms and backward 1.81 ->
 // 1.61 on 2 threads. Runs of 784 bytes (14x14 float32) four at a time read eight streams a run
-// apart, and the backward's sums of 64x256x14x14 from memory took 1.5 times as long (1 thread,
-// 2.5 -> 3.7 ms), with or without prefetching; in cache they gained nothing measurable as a
-// whole (16x256x14x14). So the rule is the run's length alone, as each unit's bits must be:
-// the whole-array passes, by_channel and the short-runs backward take such runs four at a
+// apart, and the backward of 64x256x14x14 from memory took 1.5 times as long (1 thread, 2.5 ->
+// 3.7 ms; its sums pass twice), with or without prefetching; in cache they gained nothing
+// measurable as a whole (16x256x14x14). So the rule is the run's length alone, as each unit's bits
+// must be: the whole-array passes, by_channel and the short-runs backward take such runs four at a
 // time, and the channel blocks (runs of kMinBlockRunBytes or more) take none.
 constexpr int64_t kGroupedRunBytes = 512;
 constexpr int kGroupRuns = 4;
