@@ -281,6 +281,22 @@ PerRun<T> broadcast_each(const T* a) {
   return {{V::broadcast(a[0]), V::broadcast(a[1]), V::broadcast(a[2]), V::broadcast(a[3])}};
 }
 
+// Two sums per run of a group (d and d^2, or dy and dy * xhat): a vector per run in T, added
+// into float64 totals four runs at once by flush (lane_totals4); store writes the runs' pairs.
+template <class T>
+struct GroupPairSums {
+  PerRun<T> first = PerRun<T>::zero(), second = PerRun<T>::zero();
+  Quad first_total = quad_zero(), second_total = quad_zero();
+
+  void flush() {
+    first_total = first_total + lane_totals4(first.acc);
+    second_total = second_total + lane_totals4(second.acc);
+    first = second = PerRun<T>::zero();
+  }
+  // p[2k] and p[2k + 1]: run k's two totals
+  void store(double* p) const { store_pairs(p, first_total, second_total); }
+};
+
 // Calls step(j, keep_lanes) for the vectors of a run of len values (len >= W) in blocks of at
 // most kTermsPerLane, then done() after each block: the whole vectors at j, then a last one at
 // len - W, keep_lanes true, whose lanes before len - len % W the caller zeroes with keep.
@@ -309,8 +325,7 @@ template <class T, bool kAhead = false>
                                                     int64_t len, Vec<T> keep, int64_t ahead = 0) {
   using V = Vec<T>;
   const PerRun<T> shift = broadcast_each(ref);
-  PerRun<T> acc_d = PerRun<T>::zero(), acc_d2 = PerRun<T>::zero();
-  Quad sum_d = quad_zero(), sum_d2 = quad_zero();
+  GroupPairSums<T> sums;  // d, d^2
   run_blocks<T>(
       len,
       [&](int64_t j, auto tail) {
@@ -318,16 +333,12 @@ template <class T, bool kAhead = false>
           if constexpr (kAhead) __builtin_prefetch(x[k] + j + ahead, 0, 2);
           V d = V::load(x[k] + j) - shift.acc[k];
           if constexpr (decltype(tail)::value) d = d * keep;
-          acc_d.acc[k] = acc_d.acc[k] + d;
-          acc_d2.acc[k] = fmadd(d, d, acc_d2.acc[k]);
+          sums.first.acc[k] = sums.first.acc[k] + d;
+          sums.second.acc[k] = fmadd(d, d, sums.second.acc[k]);
         }
       },
-      [&] {
-        sum_d = sum_d + lane_totals4(acc_d.acc);
-        sum_d2 = sum_d2 + lane_totals4(acc_d2.acc);
-        acc_d = acc_d2 = PerRun<T>::zero();
-      });
-  store_pairs(p, sum_d, sum_d2);
+      [&] { sums.flush(); });
+  sums.store(p);
 }
 
 // Calls sums4(out, unit, ch) for the units [u0, u1), kGroupRuns at a time: unit[k] and its
@@ -962,8 +973,7 @@ template <class T, bool kDx, bool kAhead = false>
   using V = Vec<T>;
   const PerRun<T> mean_v = broadcast_each(mean), invstd_v = broadcast_each(invstd);
   const PerRun<T> k_v = kDx ? broadcast_each(k) : PerRun<T>::zero();
-  PerRun<T> acc_dy = PerRun<T>::zero(), acc_dyx = PerRun<T>::zero();
-  Quad sum_dy = quad_zero(), sum_dyx = quad_zero();
+  GroupPairSums<T> sums;  // dy, dy * xhat
   run_blocks<T>(
       len,
       [&](int64_t j, auto tail) {
@@ -977,16 +987,12 @@ template <class T, bool kDx, bool kAhead = false>
           // (a tail's stores write the same values again)
           if constexpr (kDx) (d * k_v.acc[r]).store(dx[r] + j);
           if constexpr (decltype(tail)::value) d = d * keep;
-          acc_dy.acc[r] = acc_dy.acc[r] + d;
-          acc_dyx.acc[r] = fmadd(d, xhat, acc_dyx.acc[r]);
+          sums.first.acc[r] = sums.first.acc[r] + d;
+          sums.second.acc[r] = fmadd(d, xhat, sums.second.acc[r]);
         }
       },
-      [&] {
-        sum_dy = sum_dy + lane_totals4(acc_dy.acc);
-        sum_dyx = sum_dyx + lane_totals4(acc_dyx.acc);
-        acc_dy = acc_dyx = PerRun<T>::zero();
-      });
-  store_pairs(p, sum_dy, sum_dyx);
+      [&] { sums.flush(); });
+  sums.store(p);
 }
 
 // Channel ch's sums of dy and dy * xhat over its runs, grouped (see kGroupedRunBytes), four
