@@ -163,17 +163,32 @@ constexpr int kGroup = static_cast<int>(Vec<double>::width);
 // Per-row float64 sums, one Vec<double> of lane partials per row of a group.
 using GroupLanes = Vec<double>[kGroup];
 
-// row_scale of the kGroup rows of a group (each of count values) at once: one vector division
-// and square root for all of them instead of one per row, the same bits.
+// The mean and m2 of the kGroup rows of a group (each of count values), a lane per row.
+struct GroupMoments {
+  double mean[kGroup], m2[kGroup];
+};
+
+// The constants of RowScale for the kGroup rows of a group, a lane per row.
 template <class T>
-void group_scales(RowScale<T>* s, const Moments* m, double eps) {
+struct GroupScales {
+  T mean_hi[kGroup], rstd[kGroup], offset[kGroup];
+  RowScale<T> operator[](int r) const { return {mean_hi[r], rstd[r], offset[r]}; }
+};
+
+// row_scale of the kGroup rows of a group at once: one vector division and square root for all
+// of them instead of one per row, and the split of the mean (scale_of) a vector at a time too;
+// the same bits. Scalar math: var = max(m2 / count, 0);  rstd = 1 / sqrt(var + eps);
+// mean_hi = T(mean);  offset = -(mean - mean_hi) * rstd
+template <class T>
+void group_scales(GroupScales<T>& s, const GroupMoments& m, double count, double eps) {
   using D = Vec<double>;
-  double m2[kGroup], rstd[kGroup];
-  for (int r = 0; r < kGroup; ++r) m2[r] = m[r].m2;
-  // Scalar math: var = max(m2 / count, 0);  rstd = 1 / sqrt(var + eps)
-  const D var = floor_at(D::load(m2) / D::broadcast(m[0].count), D::broadcast(0.0));
-  (D::broadcast(1.0) / square_root(var + D::broadcast(eps))).store(rstd);
-  for (int r = 0; r < kGroup; ++r) s[r] = scale_of<T>(m[r].mean, rstd[r]);
+  const D var = floor_at(D::load(m.m2) / D::broadcast(count), D::broadcast(0.0));
+  const D rstd = D::broadcast(1.0) / square_root(var + D::broadcast(eps));
+  const D mean = D::load(m.mean);
+  store_narrow(s.mean_hi, mean);
+  store_narrow(s.rstd, rstd);
+  // (-rstd as -1 * rstd: the sign flip of the scalar expression, zeros included)
+  store_narrow(s.offset, (mean - load_wide(s.mean_hi)) * (rstd * D::broadcast(-1.0)));
 }
 
 // lanes[r] += the lanes of acc[r] in float64, for every row of the group; acc restarts at 0.
@@ -212,7 +227,7 @@ template <class T, class Step, class Flush>
 // one thread: 50 -> 40 ns per row), at a few more instructions per row.
 // With kVectors > 0, after_row(r) is called once row r has been read.
 template <class T, int64_t kVectors, bool kSequential, class AfterRow>
-[[gnu::always_inline]] inline void group_moments(Moments* out, const T* const (&row)[kGroup],
+[[gnu::always_inline]] inline void group_moments(GroupMoments& out, const T* const (&row)[kGroup],
                                                  int64_t cols, int64_t n_vec,
                                                  const AfterRow& after_row) {
   using V = Vec<T>;
@@ -294,19 +309,26 @@ template <class T, int64_t kVectors, bool kSequential, class AfterRow>
       sum_d[r] += d;
       sum_d2[r] += d * d;
     }
-  // shifted_moments_of for every row at once (one vector division).
-  // Scalar math: mean_d = sum_d / count;  m2 = sum_d2 - sum_d * mean_d
+  // shifted_moments_of, shift_too_far and overflowed for every row at once.
+  // Scalar math: mean_d = sum_d / count;  mean = shift + mean_d;  m2 = sum_d2 - sum_d * mean_d;
+  // again if (mean - shift)^2 * count > 4 * m2, or m2 is not finite.
   using D = Vec<double>;
-  double mean_d[kGroup], m2[kGroup];
-  const D sum_d_v = D::load(sum_d), mean_d_v = sum_d_v / D::broadcast(count);
-  mean_d_v.store(mean_d);
-  (D::load(sum_d2) - sum_d_v * mean_d_v).store(m2);
-  for (int r = 0; r < kGroup; ++r) {
-    out[r] = {count, static_cast<double>(shift[r]) + mean_d[r], m2[r]};
-    // A shift more than 2 std off (outliers up front, sorted data), or overflowed sums: the
-    // row again (absolute mean: ref 0).
-    const bool too_far = shift_too_far(out[r], static_cast<double>(shift[r]));
-    if (too_far || overflowed(out[r])) out[r] = moments_again(row[r], cols, T(0), out[r], too_far);
+  const D count_v = D::broadcast(count), shift_d = load_wide(shift);
+  const D sum_d_v = D::load(sum_d), mean_d = sum_d_v / count_v;
+  const D mean = shift_d + mean_d, m2 = D::load(sum_d2) - sum_d_v * mean_d;
+  mean.store(out.mean);
+  m2.store(out.m2);
+  const D offset = mean - shift_d;
+  const int too_far = greater_lanes(offset * offset * count_v, D::broadcast(4.0) * m2);
+  const int again = too_far | (~finite_lanes(m2) & ((1 << kGroup) - 1));
+  // A shift more than 2 std off (outliers up front, sorted data), or overflowed sums: the row
+  // again (absolute mean: ref 0).
+  for (int r = 0; again != 0 && r < kGroup; ++r) {
+    if (!(again >> r & 1)) continue;
+    const Moments m =
+        moments_again(row[r], cols, T(0), {count, out.mean[r], out.m2[r]}, too_far >> r & 1);
+    out.mean[r] = m.mean;
+    out.m2[r] = m.m2;
   }
 }
 
@@ -744,7 +766,7 @@ void forward_short_rows_of(T* y, T* mean, T* rstd, const T* x, const T* gamma, c
   if (!beta) beta = unit.data() + (gamma == unit.data() ? cols : 0);
   const bool aligned_rows = vector_aligned_rows(y, cols);
   parallel_for(n_groups, kGroup * cols, [&](int64_t g0, int64_t g1) {
-    Moments m[kGroup];
+    GroupMoments m;
     const T* row[kGroup];
     constexpr int64_t kHeld = kVectors > 0 ? kVectors : 1;
     Vec<T> gamma_v[kHeld], beta_v[kHeld];
@@ -758,13 +780,13 @@ void forward_short_rows_of(T* y, T* mean, T* rstd, const T* x, const T* gamma, c
     // 2.57 / 1.45 ms). Other rows (65536x128 float64: 5.3 / 3.5 -> 7.8 / 4.4) are normalized
     // right after their group's statistics.
     constexpr bool kOverlap = kVectors > 0;
-    RowScale<T> prev[kGroup];
+    GroupScales<T> prev;
     const T* prev_row[kGroup];
     int64_t prev_r0 = -1;
     auto finish_row = [&](int r) {
       const int64_t i = prev_r0 + r;
       if (prev_r0 < 0 || i >= rows) return;
-      const RowScale<T>& s = prev[r];
+      const RowScale<T> s = prev[r];
       T* y_row = y + i * cols;
       mean[i] = s.mean_hi;
       rstd[i] = s.rstd;
@@ -782,7 +804,7 @@ void forward_short_rows_of(T* y, T* mean, T* rstd, const T* x, const T* gamma, c
       group_moments<T, kVectors, kStream>(m, row, cols, n_vec, [&](int r) {
         if constexpr (kOverlap) finish_row(r);
       });
-      group_scales<T>(prev, m, eps);
+      group_scales<T>(prev, m, static_cast<double>(cols), eps);
       for (int r = 0; r < kGroup; ++r) prev_row[r] = row[r];
       prev_r0 = r0;
       if constexpr (!kOverlap)
