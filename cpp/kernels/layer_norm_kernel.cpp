@@ -163,6 +163,11 @@ constexpr int kGroup = static_cast<int>(Vec<double>::width);
 // Per-row float64 sums, one Vec<double> of lane partials per row of a group.
 using GroupLanes = Vec<double>[kGroup];
 
+// The backward's sums of g = dy * gamma and g * xhat over each row of a group, a lane per row.
+struct GroupGradSums {
+  double g[kGroup], g_xhat[kGroup];
+};
+
 // The mean and m2 of the kGroup rows of a group (each of count values), a lane per row.
 struct GroupMoments {
   double mean[kGroup], m2[kGroup];
@@ -1011,7 +1016,7 @@ void forward_impl(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* b
 // where they fit beside the loop's own, instead of loading and storing them for every row
 // (same arithmetic, same order).
 template <class T, bool kAffine, int64_t kVectors>
-[[gnu::always_inline]] inline void group_grad_sums(GradSums* sums, const BackwardArgs<T>& a,
+[[gnu::always_inline]] inline void group_grad_sums(GroupGradSums& sums, const BackwardArgs<T>& a,
                                                    int64_t cols, int64_t n_vec, int64_t i0, int g,
                                                    T* acc_g, T* acc_b) {
   using V = Vec<T>;
@@ -1065,14 +1070,57 @@ template <class T, bool kAffine, int64_t kVectors>
       }
     }
   }
-  double total_g[kGroup], total_gx[kGroup];
-  transpose_add(lanes_g).store(total_g);
-  transpose_add(lanes_gx).store(total_gx);
+  transpose_add(lanes_g).store(sums.g);
+  transpose_add(lanes_gx).store(sums.g_xhat);
   for (int r = 0; r < g; ++r) {
     const int64_t off = (i0 + r) * cols;
     const GradSums tail = tail_grad_sums<T, kAffine>(acc_g, acc_b, a.dy + off, a.x + off, a.gamma,
                                                      a.mean[i0 + r], a.rstd[i0 + r], n_vec, cols);
-    sums[r] = {total_g[r] + tail.g, total_gx[r] + tail.g_xhat};
+    sums.g[r] += tail.g;
+    sums.g_xhat[r] += tail.g_xhat;
+  }
+}
+
+// dx of one row of exactly kVectors vectors, its constants given (see row_dx). Scalar math:
+// xhat = (x - mean) * rstd;  g = dy * gamma;  dx = (g - mean_g - xhat * mean_gx) * rstd
+template <class T, bool kAffine, bool kStream, int64_t kVectors>
+[[gnu::always_inline]] inline void dx_held_row(T* dx, const T* dy, const T* x, const T* gamma,
+                                               const RowDx<T>& rc) {
+  using V = Vec<T>;
+  const V mean = V::broadcast(rc.mean), rstd = V::broadcast(rc.rstd);
+  const V mean_g = V::broadcast(rc.mean_g), neg_mean_gx = V::broadcast(rc.neg_mean_gx);
+  for (int64_t k = 0; k < kVectors; ++k) {
+    const int64_t j = k * V::width;
+    const V xhat = (V::load(x + j) - mean) * rstd;
+    V g = V::load(dy + j);
+    if constexpr (kAffine) g = g * V::load(gamma + j);
+    const V v = dx_of(g, xhat, mean_g, neg_mean_gx, rstd);
+    if constexpr (kStream)
+      v.stream(dx + j);
+    else
+      v.store(dx + j);
+  }
+}
+
+// dx of the g rows of a group from i0 (row_dx's divisions a vector of rows at a time: the same
+// bits): rows of exactly kVectors vectors inline (streamed only where dx's rows are aligned),
+// others by chunk_dx.
+template <class T, bool kAffine, bool kStream, int64_t kVectors>
+[[gnu::always_inline]] inline void group_dx(const BackwardArgs<T>& a, int64_t cols, int64_t i0,
+                                            int g, const GroupGradSums& sums, bool aligned_rows) {
+  using D = Vec<double>;
+  const D count = D::broadcast(static_cast<double>(cols));
+  T mean_g[kGroup], mean_gx[kGroup];
+  store_narrow(mean_g, D::load(sums.g) / count);
+  store_narrow(mean_gx, D::load(sums.g_xhat) / count);
+  for (int r = 0; r < g; ++r) {
+    const int64_t i = i0 + r, off = i * cols;
+    if (kVectors > 0 && (!kStream || aligned_rows))
+      dx_held_row<T, kAffine, kStream, kVectors>(a.dx + off, a.dy + off, a.x + off, a.gamma,
+                                                 {a.mean[i], a.rstd[i], mean_g[r], -mean_gx[r]});
+    else
+      chunk_dx<T, kAffine, kStream>(a.dx + off, a.dy + off, a.x + off, a.gamma, a.mean[i],
+                                    a.rstd[i], mean_g[r], mean_gx[r], cols);
   }
 }
 
@@ -1084,11 +1132,12 @@ void backward_short_rows_of(const BackwardArgs<T>& a, const Plan& p) {
   const int64_t cols = p.cols;
   const int64_t n_vec = kVectors > 0 ? kVectors * Vec<T>::width : cols - cols % Vec<T>::width;
   const bool affine = a.gamma != nullptr;
+  const bool aligned_rows = vector_aligned_rows(a.dx, cols);
   parallel_for(p.n_blocks, p.rows_per_block * cols, [&](int64_t b0, int64_t b1) {
     TaskBuffer<T> acc(affine ? 2 * cols : 0);
     T* acc_g = acc.data();
     T* acc_b = acc_g + cols;
-    GradSums sums[kGroup];
+    GroupGradSums sums;
     for (int64_t b = b0; b < b1; ++b) {
       for (int64_t i0 = p.block_begin(b); i0 < p.block_end(b); i0 += kGroup) {
         const int g = static_cast<int>(p.block_end(b) - i0 < kGroup ? p.block_end(b) - i0 : kGroup);
@@ -1099,10 +1148,11 @@ void backward_short_rows_of(const BackwardArgs<T>& a, const Plan& p) {
             flush_param_partials(a.dgamma_part + b * cols, acc_g, cols, first);
             flush_param_partials(a.dbeta_part + b * cols, acc_b, cols, first);
           }
+          group_dx<T, true, kStream, kVectors>(a, cols, i0, g, sums, aligned_rows);
         } else {
           group_grad_sums<T, false, kVectors>(sums, a, cols, n_vec, i0, g, nullptr, nullptr);
+          group_dx<T, false, kStream, kVectors>(a, cols, i0, g, sums, aligned_rows);
         }
-        for (int r = 0; r < g; ++r) dx_chunk<T, kStream>(a, p, i0 + r, 0, sums[r]);
       }
     }
     if constexpr (kStream) stream_fence();
