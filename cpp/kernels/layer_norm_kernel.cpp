@@ -1106,8 +1106,9 @@ template <class T, bool kAffine, bool kStream, int64_t kVectors>
 // bits): rows of exactly kVectors vectors inline (streamed only where dx's rows are aligned),
 // others by chunk_dx.
 template <class T, bool kAffine, bool kStream, int64_t kVectors>
-[[gnu::always_inline]] inline void group_dx(const BackwardArgs<T>& a, int64_t cols, int64_t i0,
-                                            int g, const GroupGradSums& sums, bool aligned_rows) {
+[[gnu::always_inline]] inline void short_rows_dx(const BackwardArgs<T>& a, int64_t cols, int64_t i0,
+                                                 int g, const GroupGradSums& sums,
+                                                 bool aligned_rows) {
   using D = Vec<double>;
   const D count = D::broadcast(static_cast<double>(cols));
   T mean_g[kGroup], mean_gx[kGroup];
@@ -1148,10 +1149,10 @@ void backward_short_rows_of(const BackwardArgs<T>& a, const Plan& p) {
             flush_param_partials(a.dgamma_part + b * cols, acc_g, cols, first);
             flush_param_partials(a.dbeta_part + b * cols, acc_b, cols, first);
           }
-          group_dx<T, true, kStream, kVectors>(a, cols, i0, g, sums, aligned_rows);
+          short_rows_dx<T, true, kStream, kVectors>(a, cols, i0, g, sums, aligned_rows);
         } else {
           group_grad_sums<T, false, kVectors>(sums, a, cols, n_vec, i0, g, nullptr, nullptr);
-          group_dx<T, false, kStream, kVectors>(a, cols, i0, g, sums, aligned_rows);
+          short_rows_dx<T, false, kStream, kVectors>(a, cols, i0, g, sums, aligned_rows);
         }
       }
     }
