@@ -565,26 +565,18 @@ void store_shifted_moments(double* out, const T* x, const T* ref, const T* shift
   using D = Vec<double>;
   constexpr int64_t W = D::width;
   const double count = static_cast<double>(r1 - r0);
-  const D count_v = D::broadcast(count), four = D::broadcast(4.0);
+  const D count_v = D::broadcast(count);
   for (int64_t j = 0; j < m; j += W) {
-    // shifted_moments_of, shift_too_far and overflowed a vector of columns at a time.
-    // Scalar math: shift_rel = shift - ref;  mean_d = sum_d / n;  mean = shift_rel + mean_d;
-    // m2 = sum_d2 - sum_d * mean_d;  again if (mean - shift_rel)^2 * n > 4 * m2, or (float32
-    // sums) m2 is not finite.
+    // Scalar math: shift_rel = shift - ref, then shifted_moments_of around it.
     const D shift_rel = load_wide(shift + j) - load_wide(ref + j0 + j);
-    const D s_d = D::load(sum_d + j);
-    const D mean_d = s_d / count_v;
-    const D mean = shift_rel + mean_d;
-    const D m2 = D::load(sum_d2 + j) - s_d * mean_d;
-    const D offset = mean - shift_rel;
-    int again = greater_lanes(offset * offset * count_v, four * m2);
-    again |= ~finite_lanes(m2) & ((1 << W) - 1);
+    const ShiftedMomentsLanes lanes =
+        shifted_moments_lanes(shift_rel, D::load(sum_d + j), D::load(sum_d2 + j), count_v);
     double mean_a[W], m2_a[W];
-    mean.store(mean_a);
-    m2.store(m2_a);
+    lanes.mean.store(mean_a);
+    lanes.m2.store(m2_a);
     for (int64_t k = 0; k < W; ++k) {
       const int64_t col = j0 + j + k;
-      if (again >> k & 1)
+      if (lanes.again >> k & 1)
         column_moments(out + 3 * (j + k), x, ref[col], cols, col, r0, r1);
       else
         store_moments(out + 3 * (j + k), Moments{count, mean_a[k], m2_a[k]});

@@ -314,24 +314,17 @@ template <class T, int64_t kVectors, bool kSequential, class AfterRow>
       sum_d[r] += d;
       sum_d2[r] += d * d;
     }
-  // shifted_moments_of, shift_too_far and overflowed for every row at once.
-  // Scalar math: mean_d = sum_d / count;  mean = shift + mean_d;  m2 = sum_d2 - sum_d * mean_d;
-  // again if (mean - shift)^2 * count > 4 * m2, or m2 is not finite.
+  // The moments of every row at once. A shift more than 2 std off (outliers up front, sorted
+  // data), or overflowed sums: the row again (absolute mean: ref 0).
   using D = Vec<double>;
-  const D count_v = D::broadcast(count), shift_d = load_wide(shift);
-  const D sum_d_v = D::load(sum_d), mean_d = sum_d_v / count_v;
-  const D mean = shift_d + mean_d, m2 = D::load(sum_d2) - sum_d_v * mean_d;
-  mean.store(out.mean);
-  m2.store(out.m2);
-  const D offset = mean - shift_d;
-  const int too_far = greater_lanes(offset * offset * count_v, D::broadcast(4.0) * m2);
-  const int again = too_far | (~finite_lanes(m2) & ((1 << kGroup) - 1));
-  // A shift more than 2 std off (outliers up front, sorted data), or overflowed sums: the row
-  // again (absolute mean: ref 0).
-  for (int r = 0; again != 0 && r < kGroup; ++r) {
-    if (!(again >> r & 1)) continue;
-    const Moments m =
-        moments_again(row[r], cols, T(0), {count, out.mean[r], out.m2[r]}, too_far >> r & 1);
+  const ShiftedMomentsLanes lanes_m =
+      shifted_moments_lanes(load_wide(shift), D::load(sum_d), D::load(sum_d2), D::broadcast(count));
+  lanes_m.mean.store(out.mean);
+  lanes_m.m2.store(out.m2);
+  for (int r = 0; lanes_m.again != 0 && r < kGroup; ++r) {
+    if (!(lanes_m.again >> r & 1)) continue;
+    const Moments m = moments_again(row[r], cols, T(0), {count, out.mean[r], out.m2[r]},
+                                    lanes_m.too_far >> r & 1);
     out.mean[r] = m.mean;
     out.m2[r] = m.m2;
   }

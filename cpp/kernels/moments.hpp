@@ -127,6 +127,27 @@ template <class T>
 // True when m came from sums that overflowed (see wide_moments).
 inline bool overflowed(const Moments& m) { return !std::isfinite(m.m2); }
 
+// shifted_moments_of, shift_too_far and overflowed for a vector of sets at once (a lane each,
+// count values each): the same bits as a lane at a time. Bit k of too_far / again: set k's shift
+// lay more than 2 std from its mean / that, or its sums overflowed (the set is to be done again).
+struct ShiftedMomentsLanes {
+  Vec<double> mean, m2;
+  int too_far, again;
+};
+
+inline ShiftedMomentsLanes shifted_moments_lanes(Vec<double> shift, Vec<double> sum_d,
+                                                 Vec<double> sum_d2, Vec<double> count) {
+  using D = Vec<double>;
+  // Scalar math: mean_d = sum_d / count;  mean = shift + mean_d;  m2 = sum_d2 - sum_d * mean_d;
+  // too_far if (mean - shift)^2 * count > 4 * m2;  again if too_far or m2 is not finite.
+  const D mean_d = sum_d / count;
+  const D mean = shift + mean_d, m2 = sum_d2 - sum_d * mean_d;
+  const D offset = mean - shift;
+  const int too_far = greater_lanes(offset * offset * count, D::broadcast(4.0) * m2);
+  const int again = too_far | (~finite_lanes(m2) & ((1 << D::width) - 1));
+  return {mean, m2, too_far, again};
+}
+
 // 1 / Vec<T>::width in float64: a power of two, so that the values scaled by it add up to
 // their sum / width with the same bits, and float64 values near the largest add up without
 // overflowing (the first vectors' means below).
