@@ -524,6 +524,14 @@ struct Wide<float> {
   Vec<double> folded() const { return parts == 1 ? part[0] : part[0] + part[1]; }
 };
 
+// The products of the parts of a and b, added lane by lane (as folded adds the parts).
+template <class T>
+inline Vec<double> folded_products(const Wide<T>& a, const Wide<T>& b) {
+  Vec<double> sum = a.part[0] * b.part[0];
+  for (int k = 1; k < Wide<T>::parts; ++k) sum = sum + a.part[k] * b.part[k];
+  return sum;
+}
+
 // a + b, part by part.
 template <class T>
 inline Wide<T> operator+(Wide<T> a, const Wide<T>& b) {
