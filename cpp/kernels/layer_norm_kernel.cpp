@@ -1144,13 +1144,14 @@ template <class T, bool kAffine, bool kStream, int64_t kVectors>
   }
 }
 
-// dx of one short row of n_vec whole vectors and cols values, its constants given, not
-// streamed. Past the last whole vector (rows of a vector or more): the row's last vector,
-// computed before the others are stored, stored after them over the same values they wrote.
-// Scalar math: as dx_held_row.
+// dx of one row of a vector or more whose length (cols) is not a whole number of vectors, its
+// constants given, not streamed: its n_vec whole vectors, then its last vector, computed before
+// the others are stored and stored after them, over the same values they wrote. Scalar math: as
+// dx_held_row.
 template <class T, bool kAffine>
-[[gnu::always_inline]] inline void dx_short_row(T* dx, const T* dy, const T* x, const T* gamma,
-                                                const RowDx<T>& rc, int64_t n_vec, int64_t cols) {
+[[gnu::always_inline]] inline void dx_row_with_tail(T* dx, const T* dy, const T* x, const T* gamma,
+                                                    const RowDx<T>& rc, int64_t n_vec,
+                                                    int64_t cols) {
   using V = Vec<T>;
   const V mean = V::broadcast(rc.mean), rstd = V::broadcast(rc.rstd);
   const V mean_g = V::broadcast(rc.mean_g), neg_mean_gx = V::broadcast(rc.neg_mean_gx);
@@ -1161,21 +1162,15 @@ template <class T, bool kAffine>
     return dx_of(g, xhat, mean_g, neg_mean_gx, rstd);
   };
   const int64_t last = cols - V::width;
-  const bool tail_vector = n_vec > 0 && n_vec < cols;
-  const V tail = tail_vector ? dx_at(last) : V::broadcast(T(0));
+  const V tail = dx_at(last);
   for (int64_t j = 0; j < n_vec; j += V::width) dx_at(j).store(dx + j);
-  if (tail_vector) tail.store(dx + last);
-  for (int64_t j = tail_vector ? cols : n_vec; j < cols; ++j) {
-    const T xhat = (x[j] - rc.mean) * rc.rstd;
-    T g = dy[j];
-    if constexpr (kAffine) g = g * gamma[j];
-    dx[j] = fma_scalar(xhat, rc.neg_mean_gx, g - rc.mean_g) * rc.rstd;
-  }
+  tail.store(dx + last);
 }
 
 // dx of the g rows of a group from i0 (row_dx's divisions a vector of rows at a time: the same
 // bits): rows of exactly kVectors vectors inline (streamed only where dx's rows are aligned),
-// other rows not streamed by dx_short_row, streamed ones by chunk_dx.
+// rows with a tail past their last whole vector, not streamed, by dx_row_with_tail, others by
+// chunk_dx.
 template <class T, bool kAffine, bool kStream, int64_t kVectors>
 [[gnu::always_inline]] inline void short_rows_dx(const BackwardArgs<T>& a, int64_t cols, int64_t i0,
                                                  int g, const GroupGradSums& sums,
@@ -1191,9 +1186,9 @@ template <class T, bool kAffine, bool kStream, int64_t kVectors>
     if (kVectors > 0 && (!kStream || aligned_rows))
       dx_held_row<T, kAffine, kStream, kVectors>(a.dx + off, a.dy + off, a.x + off, a.gamma,
                                                  {a.mean[i], a.rstd[i], mean_g[r], -mean_gx[r]});
-    else if (!kStream)
-      dx_short_row<T, kAffine>(a.dx + off, a.dy + off, a.x + off, a.gamma,
-                               {a.mean[i], a.rstd[i], mean_g[r], -mean_gx[r]}, n_vec, cols);
+    else if (!kStream && n_vec > 0 && n_vec < cols)
+      dx_row_with_tail<T, kAffine>(a.dx + off, a.dy + off, a.x + off, a.gamma,
+                                   {a.mean[i], a.rstd[i], mean_g[r], -mean_gx[r]}, n_vec, cols);
     else
       chunk_dx<T, kAffine, kStream>(a.dx + off, a.dy + off, a.x + off, a.gamma, a.mean[i],
                                     a.rstd[i], mean_g[r], mean_gx[r], cols);
