@@ -491,6 +491,18 @@ inline Vec<T> dx_of(Vec<T> g, Vec<T> xhat, Vec<T> mean_g, Vec<T> neg_mean_gx, Ve
   return fmadd(xhat, neg_mean_gx, g - mean_g) * rstd;
 }
 
+// dx of the vector at column j of a row, from the row's constants as vectors.
+// Scalar math: xhat = (x - mean) * rstd;  g = dy * gamma (kAffine; else dy);  dx as dx_of
+template <class T, bool kAffine>
+inline Vec<T> dx_at(const T* dy, const T* x, const T* gamma, Vec<T> mean, Vec<T> rstd,
+                    Vec<T> mean_g, Vec<T> neg_mean_gx, int64_t j) {
+  using V = Vec<T>;
+  const V xhat = (V::load(x + j) - mean) * rstd;
+  V g = V::load(dy + j);
+  if constexpr (kAffine) g = g * V::load(gamma + j);
+  return dx_of(g, xhat, mean_g, neg_mean_gx, rstd);
+}
+
 // Scalar math: dx = rstd * (g - mean_g - xhat * mean_gxhat),  g = dy * gamma
 template <class T, bool kAffine, bool kStream>
 void chunk_dx(T* dx, const T* dy, const T* x, const T* gamma, T mean, T rstd, T mean_g,
@@ -501,10 +513,7 @@ void chunk_dx(T* dx, const T* dy, const T* x, const T* gamma, T mean, T rstd, T 
   elementwise<T, kStream>(
       dx, n,
       [&](int64_t j) {
-        const V xhat = (V::load(x + j) - mean_v) * rstd_v;
-        V g = V::load(dy + j);
-        if constexpr (kAffine) g = g * V::load(gamma + j);
-        return dx_of(g, xhat, mean_g_v, neg_mean_gx_v, rstd_v);
+        return dx_at<T, kAffine>(dy, x, gamma, mean_v, rstd_v, mean_g_v, neg_mean_gx_v, j);
       },
       [&](int64_t j) {
         const T xhat = (x[j] - mean) * rstd;
@@ -740,7 +749,7 @@ inline void normalize_short_row(T* y, const T* x, const T* gamma, const T* beta,
   using V = Vec<T>;
   const V hi = V::broadcast(s.mean_hi), r = V::broadcast(s.rstd), off = V::broadcast(s.offset);
   auto normalized_at = [&](int64_t j) {
-    return fmadd(fmadd(V::load(x + j) - hi, r, off), V::load(gamma + j), V::load(beta + j));
+    return normalized<T, true, true>(x, gamma, beta, hi, r, off, j);
   };
   // The columns past the last whole vector, in rows of a vector or more: the row's last vector
   // (computed before the others are stored, stored after them over the same values they wrote).
@@ -1133,10 +1142,7 @@ template <class T, bool kAffine, bool kStream, int64_t kVectors>
   const V mean_g = V::broadcast(rc.mean_g), neg_mean_gx = V::broadcast(rc.neg_mean_gx);
   for (int64_t k = 0; k < kVectors; ++k) {
     const int64_t j = k * V::width;
-    const V xhat = (V::load(x + j) - mean) * rstd;
-    V g = V::load(dy + j);
-    if constexpr (kAffine) g = g * V::load(gamma + j);
-    const V v = dx_of(g, xhat, mean_g, neg_mean_gx, rstd);
+    const V v = dx_at<T, kAffine>(dy, x, gamma, mean, rstd, mean_g, neg_mean_gx, j);
     if constexpr (kStream)
       v.stream(dx + j);
     else
@@ -1155,15 +1161,12 @@ template <class T, bool kAffine>
   using V = Vec<T>;
   const V mean = V::broadcast(rc.mean), rstd = V::broadcast(rc.rstd);
   const V mean_g = V::broadcast(rc.mean_g), neg_mean_gx = V::broadcast(rc.neg_mean_gx);
-  auto dx_at = [&](int64_t j) {
-    const V xhat = (V::load(x + j) - mean) * rstd;
-    V g = V::load(dy + j);
-    if constexpr (kAffine) g = g * V::load(gamma + j);
-    return dx_of(g, xhat, mean_g, neg_mean_gx, rstd);
+  auto row_dx_at = [&](int64_t j) {
+    return dx_at<T, kAffine>(dy, x, gamma, mean, rstd, mean_g, neg_mean_gx, j);
   };
   const int64_t last = cols - V::width;
-  const V tail = dx_at(last);
-  for (int64_t j = 0; j < n_vec; j += V::width) dx_at(j).store(dx + j);
+  const V tail = row_dx_at(last);
+  for (int64_t j = 0; j < n_vec; j += V::width) row_dx_at(j).store(dx + j);
   tail.store(dx + last);
 }
 
